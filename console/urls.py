@@ -1,0 +1,26 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.http import HttpRequest
+from django.urls import include, path, re_path
+
+from console import views
+from console.api import api, error_response
+
+
+def api_not_found(request: HttpRequest, rest: str = ""):
+    return error_response(404, "not_found", f"No API endpoint at /api/v1/{rest}. "
+                          "See /api/v1/docs for the list.")
+
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True),
+         name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/", api.urls),
+    re_path(r"^api/v1/(?P<rest>.*)$", api_not_found),
+    path("admin/", admin.site.urls),
+    path("", include("agents.urls")),
+    path("", include("approvals.urls")),
+    path("", include("audit.urls")),
+]
