@@ -63,4 +63,10 @@ ACTIONS: dict[str, str] = {
     "memory.refreshed": "Long-term memory was refreshed.",
     "memory.refused": "A memory write or refresh was refused (frozen).",
     "context.stale": "A retrieval source was stale.",
+    "memory.frozen": "Memory was frozen for a tenant, an agent or everything.",
+    "memory.unfrozen": "A memory freeze was lifted.",
+    "memory.forgotten": "A long-term memory item was deleted.",
+    "context.source_saved": "A knowledge source (owner, maximum age, critical) was created or changed.",
+    "context.source_refreshed": "A knowledge source was marked as refreshed.",
+    "context.document_saved": "A knowledge document was created or changed.",
 }

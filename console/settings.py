@@ -139,6 +139,7 @@ INSTALLED_APPS = [
     "console",
     "audit",
     "agents",
+    "agents.knowledge",
     "approvals",
 ]
 
@@ -216,13 +217,14 @@ if REDIS_URL:
     }
 else:
     BROKER_DIR = VAR_DIR / "broker"
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
     CACHES = {
@@ -324,3 +326,76 @@ LOGGING = {
 
 API_TOKEN_PREFIX = "acp"
 DEMO_PASSWORD = os.environ.get("DEMO_PASSWORD", "")
+
+# --- audit: signed checkpoints of the chain head (docs/audit.md) ------------------------
+# The HMAC key must NOT live in the database: a database superuser who could rewrite and
+# re-hash the whole chain must not also be able to forge the checkpoints. Without a key,
+# checkpoints are disabled (the beat task logs a warning; the command says how to fix it).
+AUDIT_CHECKPOINT_KEY = envsecret("AUDIT_CHECKPOINT_KEY")
+if AUDIT_CHECKPOINT_KEY and len(AUDIT_CHECKPOINT_KEY) < 32:
+    raise ImproperlyConfigured(
+        "AUDIT_CHECKPOINT_KEY is shorter than 32 characters. Generate one with "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(48))'` and keep it out of "
+        "the database (environment or AUDIT_CHECKPOINT_KEY_FILE)."
+    )
+AUDIT_CHECKPOINT_DIR = Path(os.environ.get("AUDIT_CHECKPOINT_DIR", VAR_DIR / "audit-checkpoints"))
+AUDIT_CHECKPOINT_WEBHOOK = os.environ.get("AUDIT_CHECKPOINT_WEBHOOK", "").strip()
+AUDIT_CHECKPOINT_EVERY_SECONDS = envint("AUDIT_CHECKPOINT_EVERY_SECONDS", 300, minimum=10)
+CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
+    "task": "audit.tasks.checkpoint_task",
+    "schedule": float(AUDIT_CHECKPOINT_EVERY_SECONDS),
+}
+
+# --- agents runtime (issue 4) -----------------------------------------------------------
+# How long a worker's lease on a run lasts without a step committing; after that the
+# sweeper hands the run to another worker (fencing token: the late worker's writes fail).
+AGENT_RUN_LEASE_SECONDS = envint("AGENT_RUN_LEASE_SECONDS", 60, minimum=1)
+# A queued run not picked up after this long is re-enqueued by the sweeper (lost message).
+AGENT_QUEUED_GRACE_SECONDS = envint("AGENT_QUEUED_GRACE_SECONDS", 30, minimum=1)
+# Per-tenant daily model spend cap (USD) when the tenant has no TenantBudget row, and the
+# amount reserved against it before each model call (settled to the actual cost after).
+
+
+def _envdecimal(name: str, default: str):
+    from decimal import Decimal, InvalidOperation
+
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a decimal amount (e.g. 50 or 0.01).") from None
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={raw!r} must not be negative.")
+    return value
+
+
+AGENT_TENANT_DAILY_CAP_USD = _envdecimal("AGENT_TENANT_DAILY_CAP_USD", "50")
+AGENT_MODEL_CALL_RESERVE_USD = _envdecimal("AGENT_MODEL_CALL_RESERVE_USD", "0.01")
+CELERY_BEAT_SCHEDULE["agents-sweep-runs"] = {
+    "task": "agents.tasks.sweep_runs_task",
+    "schedule": float(envint("AGENT_SWEEP_SECONDS", 15, minimum=1)),
+}
+# --- end agents runtime -----------------------------------------------------------------
+
+# --- models (LLM routes) and memory: agents.llm, agents.knowledge (docs/models.md) -------
+# Routes: MODEL_ROUTES (JSON) and/or MODEL_ROUTE_<NAME>_BASE_URL / _MODEL / _API_KEY(_FILE) /
+# _TIMEOUT / _PRICE_IN / _PRICE_OUT, read by agents.llm.config (keys never land in settings).
+# Which routes an agent uses per step kind: MODEL_AGENT_ROUTES (JSON) or MODEL_DEFAULT_ROUTES.
+# No route configured: the runtime uses the embedded scripted planner.
+MODEL_ROUTES = os.environ.get("MODEL_ROUTES", "")
+MODEL_AGENT_ROUTES = os.environ.get("MODEL_AGENT_ROUTES", "")
+MODEL_DEFAULT_ROUTES = envlist("MODEL_DEFAULT_ROUTES", [])
+MODEL_BREAKER = {
+    "failures": envint("MODEL_BREAKER_FAILURES", 5, minimum=1),
+    "window": float(envint("MODEL_BREAKER_WINDOW_SECONDS", 60, minimum=1)),
+    "cooldown": float(envint("MODEL_BREAKER_COOLDOWN_SECONDS", 30, minimum=1)),
+}
+MODEL_TOTAL_DEADLINE = float(envint("MODEL_TOTAL_DEADLINE_SECONDS", 180, minimum=1))
+MEMORY_CONVERSATION_TOKEN_BUDGET = envint("MEMORY_CONVERSATION_TOKEN_BUDGET", 3000, minimum=200)
+MEMORY_CONVERSATION_KEEP_LAST = envint("MEMORY_CONVERSATION_KEEP_LAST", 4, minimum=1)
+MEMORY_MAX_ITEMS_PER_AGENT = envint("MEMORY_MAX_ITEMS_PER_AGENT", 200, minimum=1)
+CELERY_BEAT_SCHEDULE["memory-refresh"] = {
+    "task": "knowledge.memory_refresh",
+    "schedule": float(envint("MEMORY_REFRESH_SECONDS", 3600, minimum=60)),
+}
+# --- end models and memory ----------------------------------------------------------------

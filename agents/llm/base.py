@@ -83,6 +83,8 @@ class ModelResponse:
     repairs: int = 0
     attempts: int = 1
     prompt_hash: str = ""
+    # Routes tried before this answer, in order: [{"route", "outcome", "reason"}] (trace).
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -98,6 +100,10 @@ class ModelError(Exception):
     def __init__(self, message: str, *, retryable: bool = False):
         super().__init__(message)
         self.retryable = retryable
+        # Usage spent before the failure (repairs, failed routes), so budgets still count it.
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd = 0.0
 
 
 class InvalidModelOutput(ModelError):
@@ -105,7 +111,15 @@ class InvalidModelOutput(ModelError):
 
 
 class AllRoutesDown(ModelError):
-    """Every route in the agent's list failed or has an open circuit breaker."""
+    """Every route in the agent's list failed or has an open circuit breaker.
+
+    ``reasons`` lists ``{"route", "outcome", "reason"}`` per route tried, for the trace and
+    the handoff note."""
+
+    def __init__(self, message: str, *, retryable: bool = False,
+                 reasons: list[dict[str, Any]] | None = None):
+        super().__init__(message, retryable=retryable)
+        self.reasons = list(reasons or [])
 
 
 class ModelClient(Protocol):
