@@ -11,7 +11,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from agents.knowledge.models import Source
+from agents.knowledge.models import Document, Source
 from agents.knowledge.services import document_upsert, source_upsert
 from audit.services import Actor
 
@@ -64,18 +64,24 @@ DOCS: dict[str, list[dict[str, Any]]] = {
 
 def seed_knowledge(*, tenants: Any) -> int:
     """Seed the demo sources and documents for the given tenants (a dict slug -> Tenant or
-    an iterable of tenants). Returns the number of documents seeded or checked."""
+    an iterable of tenants). Create-only, so running it twice changes nothing: returns the
+    number of sources and documents created."""
     if isinstance(tenants, dict):
         tenants = tenants.values()
     actor = Actor.system("seed")
     now = timezone.now()
-    count = 0
+    created = 0
     for tenant in tenants:
         for spec in DOCS.get(tenant.slug, []):
-            source = source_upsert(
-                actor=actor, tenant=tenant, name=spec["source"], owner=spec["owner"], kind=spec["kind"],
-                critical=spec["critical"], max_age=timedelta(days=spec["max_age_days"]), refreshed_at=now)
+            source = Source.objects.filter(tenant=tenant, name=spec["source"]).first()
+            if source is None:
+                source = source_upsert(
+                    actor=actor, tenant=tenant, name=spec["source"], owner=spec["owner"],
+                    kind=spec["kind"], critical=spec["critical"],
+                    max_age=timedelta(days=spec["max_age_days"]), refreshed_at=now)
+                created += 1
             for title, body in spec["documents"]:
-                document_upsert(actor=actor, source=source, title=title, body=body)
-                count += 1
-    return count
+                if not Document.objects.filter(source=source, title=title).exists():
+                    document_upsert(actor=actor, source=source, title=title, body=body)
+                    created += 1
+    return created

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from agents.knowledge.seed import seed_knowledge
 from agents.seed import seed_support_data
 from approvals.seed import seed_queues
 from audit.services import Actor, audit_record
@@ -15,6 +16,7 @@ class Command(BaseCommand):
             created, tenants, users = seed_identity()
             created += seed_queues(users=users)
             created += seed_support_data(tenants=tenants)
+            created += seed_knowledge(tenants=tenants)
             if created:
                 audit_record(actor=Actor.system("seed_demo"), action="demo.seeded",
                              payload={"rows_created": created})
