@@ -104,7 +104,10 @@ def audit_record(
     who = Actor.of(actor)
     tenant_id = getattr(tenant, "pk", tenant) or None
 
-    with transaction.atomic():
+    # No savepoint: inside the caller's transaction an audit failure must fail the whole
+    # change (an event exists iff its change committed), and a savepoint costs two round
+    # trips while the chain lock is held.
+    with transaction.atomic(savepoint=False):
         _lock_chain()
         last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
         seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
@@ -125,3 +128,27 @@ def audit_record(
         }
         digest = event_hash(fields, prev_hash)
         return AuditEvent.objects.create(prev_hash=prev_hash, hash=digest, **fields)
+
+
+def chain_verify(*, actor: Any = None, record: bool = True, batch_size: int | None = None):
+    """Verify the whole chain; when ``record``, append an ``audit.verified`` event.
+
+    A person verifying (console, API, the CLI by default) is itself an auditable act: the
+    event records who verified, what was checked and the result -- including a failure,
+    which is then on the record even if nobody reads the screen. It is appended after the
+    walk, so it is never part of the range it reports on. Internal callers (checkpoints,
+    benchmarks) pass ``record=False``.
+    """
+    from audit.verify import BATCH_SIZE, verify_chain
+
+    result = verify_chain(batch_size=batch_size or BATCH_SIZE)
+    if record:
+        with transaction.atomic():
+            audit_record(
+                actor=actor, action="audit.verified", object_type="audit_chain",
+                object_id=str(result.head_seq or 0),
+                payload={"ok": result.ok, "checked": result.checked,
+                         "first_bad_seq": result.first_bad_seq, "reason": result.reason,
+                         "head_seq": result.head_seq, "head_hash": result.head_hash},
+            )
+    return result
