@@ -41,7 +41,8 @@ def seed_support_data(*, tenants: dict) -> int:
             customer, made = Customer.objects.get_or_create(
                 tenant=tenant, code=code, defaults={"name": name, "email": email})
             created += made
-            plan, price = PLANS[index % len(PLANS)]
+            # C-1001 (index 0) is on the team plan ($40), the scenario DESIGN.md describes.
+            plan, price = PLANS[(index + 1) % len(PLANS)]
             if not Subscription.objects.filter(tenant=tenant, customer=customer).exists():
                 Subscription.objects.create(
                     tenant=tenant, customer=customer, plan=plan, monthly_price_cents=price,
@@ -62,4 +63,36 @@ def seed_support_data(*, tenants: dict) -> int:
                     defaults={"customer": customer, "subject": subject, "body": body,
                               "created_at": BASE_TIME + timedelta(days=index, hours=offset)})
                 created += made
+    created += seed_runtime()
+    return created
+
+
+# --- the runtime's demo definitions: the support agent and the default policy -----------
+
+SUPPORT_TOOLS = ["lookup_subscription", "search_tickets", "draft_reply", "apply_credit",
+                 "update_account_status"]
+
+
+def seed_runtime() -> int:
+    """The shared ``support`` agent (scripted planner) and policy v1 (DESIGN.md's default),
+    active. Safe to run twice: nothing changes when they exist."""
+    from agents.models import Agent, Policy
+    from agents.planner import INTENTS
+    from agents.policy import DEFAULT_RULES
+    from agents.services import policy_create
+    from audit.services import Actor
+
+    created = 0
+    if not Agent.objects.filter(slug="support", tenant__isnull=True).exists():
+        Agent.objects.create(
+            slug="support", version=1, name="Support agent",
+            description="Answers billing and account questions; proposes credits for review.",
+            model_route=["scripted"], allowed_tools=SUPPORT_TOOLS, intents=list(INTENTS),
+            max_steps=12, max_tokens=20_000, max_wall_seconds=300, max_cost_usd=1)
+        created += 1
+    if not Policy.objects.exists():
+        policy_create(actor=Actor.system("seed_demo"), rules=DEFAULT_RULES,
+                      description="Default: credits need one lead, two from $100, none above $1,000.",
+                      activate=True)
+        created += 1
     return created

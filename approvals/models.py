@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 
+import pgtrigger
+from django.conf import settings
 from django.db import models
 
 
@@ -29,3 +31,116 @@ class ReviewQueue(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    EXPIRED = "expired", "Expired"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINAL_APPROVAL_STATUSES = ("approved", "rejected", "expired", "cancelled")
+
+
+class ApprovalRequest(models.Model):
+    """What a reviewer needs to decide on one proposed action.
+
+    Transitions leave ``pending`` only through conditional UPDATEs (approvals.services);
+    on PostgreSQL a trigger also refuses changing a final status. One pending request per
+    proposed action (tool invocation) is a named constraint.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("console.Tenant", on_delete=models.PROTECT, related_name="+")
+    queue = models.ForeignKey(ReviewQueue, on_delete=models.PROTECT, related_name="requests")
+    run = models.ForeignKey("agents.AgentRun", on_delete=models.PROTECT,
+                            related_name="approval_requests")
+    invocation = models.ForeignKey("agents.ToolInvocation", on_delete=models.PROTECT,
+                                   related_name="approval_requests")
+    status = models.CharField(max_length=16, choices=ApprovalStatus.choices,
+                              default=ApprovalStatus.PENDING)
+    approvals_required = models.PositiveSmallIntegerField(default=1)
+    # the proposal
+    tool = models.CharField(max_length=64)
+    arguments = models.JSONField(default=dict)
+    amount_cents = models.PositiveIntegerField(null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    risk_tier = models.CharField(max_length=16)
+    # what the agent concluded, and the tool results it relied on
+    summary = models.TextField(blank=True)
+    evidence = models.JSONField(default=list)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    policy_rule = models.CharField(max_length=64, blank=True)
+    policy_reason = models.TextField(blank=True)
+    trace_id = models.CharField(max_length=32, blank=True)
+    requester = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                  on_delete=models.SET_NULL, related_name="+")
+    requester_label = models.CharField(max_length=150, blank=True)
+    on_behalf_of = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="+")
+    on_behalf_of_label = models.CharField(max_length=150, blank=True)
+    due_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    # the outcome: the arguments the tool runs with (edited or not) and the reason
+    approved_arguments = models.JSONField(null=True, blank=True)
+    edited = models.BooleanField(default=False)
+    decision_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["due_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=ApprovalStatus.values),
+                                   name="approval_status_valid"),
+            models.CheckConstraint(condition=models.Q(approvals_required__in=[1, 2]),
+                                   name="approval_required_one_or_two"),
+            models.UniqueConstraint(fields=["invocation"],
+                                    condition=models.Q(status="pending"),
+                                    name="uniq_pending_request_per_action"),
+        ]
+        indexes = [
+            # serves: a queue's pending items, oldest-due first (the reviewer's list)
+            models.Index(fields=["queue", "status", "due_at"], name="approval_queue_status_due"),
+            # serves: the requests of one run (run detail, resume)
+            models.Index(fields=["run", "status"], name="approval_run_status"),
+        ]
+        triggers = [
+            pgtrigger.Protect(
+                name="approval_final_status_is_final", operation=pgtrigger.Update,
+                condition=pgtrigger.Q(old__status__in=list(FINAL_APPROVAL_STATUSES))
+                & pgtrigger.Q(old__status__df=pgtrigger.F("new__status")),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"approval {self.id} ({self.tool}, {self.status})"
+
+
+class DecisionKind(models.TextChoices):
+    APPROVE = "approve", "Approve"
+    REJECT = "reject", "Reject"
+
+
+class ApprovalDecision(models.Model):
+    """One reviewer's decision on one request (at most one per reviewer per request)."""
+
+    id = models.BigAutoField(primary_key=True)
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.PROTECT, related_name="decisions")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=16, choices=DecisionKind.choices)
+    reason = models.TextField(blank=True)
+    arguments = models.JSONField(null=True, blank=True)  # edited arguments, when edited
+    edited = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "reviewer"], name="uniq_decision_per_reviewer"),
+            models.CheckConstraint(condition=models.Q(decision__in=DecisionKind.values),
+                                   name="decision_kind_valid"),
+            models.CheckConstraint(condition=~models.Q(decision="reject") | ~models.Q(reason=""),
+                                   name="reject_has_reason"),
+        ]

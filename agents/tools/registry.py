@@ -1,0 +1,124 @@
+"""The tool registry: name, description, JSON Schema of the arguments, tier, timeout,
+retry policy, whether the tool is idempotent. Tools run only through the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from agents.credentials import Claims, credential_verify
+from agents.llm.base import ToolSpec
+
+
+class ToolError(Exception):
+    """A tool failure with a class (model/tool/network/policy/data/logic) and a message
+    that says what was wrong and how to fix it. ``retryable`` marks retry-safe failures."""
+
+    def __init__(
+        self, message: str, *, failure_class: str = "tool", retryable: bool = False, code: str = "tool_error"
+    ):
+        super().__init__(message)
+        self.message = message
+        self.failure_class = failure_class
+        self.retryable = retryable
+        self.code = code
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "class": self.failure_class,
+            "retryable": self.retryable,
+        }
+
+
+class ToolTimeout(ToolError):
+    def __init__(self, message: str):
+        super().__init__(message, failure_class="tool", retryable=True, code="timeout")
+
+
+@dataclass
+class ToolContext:
+    """What the broker hands a tool: a scoped credential and the call's idempotency key."""
+
+    credential: str
+    idempotency_key: str
+    run_pk: int
+    run_public_id: str
+    trace_id: str
+    deadline: float  # time.monotonic() by which the tool must have returned
+
+    def claims(self, tool: str) -> Claims:
+        """Verify the credential for ``tool`` (the tool side's check)."""
+        return credential_verify(self.credential, tool=tool)
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    tier: str
+    func: Callable[[ToolContext, dict[str, Any]], dict[str, Any]]
+    timeout_seconds: float = 5.0
+    max_attempts: int = 3  # total attempts for retry-safe failures
+    idempotent: bool = True  # safe to call again with the same idempotency key
+    side_effects: bool = False
+    max_result_chars: int = 8000
+    validator: Any = field(default=None, compare=False, repr=False)
+
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+
+    def validate(self, arguments: Any) -> list[str]:
+        """Problems with ``arguments`` against the JSON Schema, as readable strings."""
+        validator = self.validator or jsonschema.Draft202012Validator(self.parameters)
+        problems = []
+        for err in sorted(validator.iter_errors(arguments), key=lambda e: list(e.path)):
+            where = "/".join(str(p) for p in err.absolute_path) or "arguments"
+            problems.append(f"{where}: {err.message}")
+        return problems
+
+
+REGISTRY: dict[str, Tool] = {}
+
+
+def register(
+    *,
+    name: str,
+    description: str,
+    parameters: dict[str, Any],
+    tier: str,
+    timeout_seconds: float = 5.0,
+    max_attempts: int = 3,
+    idempotent: bool = True,
+    side_effects: bool = False,
+    max_result_chars: int = 8000,
+):
+    """Decorator registering a tool function under ``name`` (last registration wins)."""
+    jsonschema.Draft202012Validator.check_schema(parameters)
+
+    def wrap(func):
+        REGISTRY[name] = Tool(
+            name=name,
+            description=description,
+            parameters=parameters,
+            tier=tier,
+            func=func,
+            timeout_seconds=timeout_seconds,
+            max_attempts=max_attempts,
+            idempotent=idempotent,
+            side_effects=side_effects,
+            max_result_chars=max_result_chars,
+            validator=jsonschema.Draft202012Validator(parameters),
+        )
+        return func
+
+    return wrap
+
+
+def get_tool(name: str) -> Tool | None:
+    return REGISTRY.get(name)

@@ -1,0 +1,96 @@
+"""Helpers shared by the runtime benchmarks: a scratch database, Django setup, machine line."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import statistics
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
+
+
+def db_url(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def bench_env(db: str, *, redis: bool = False) -> dict[str, str]:
+    env = os.environ.copy()
+    env.update(
+        {
+            "DATABASE_URL": db_url(db),
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "DEBUG": "0",
+            "SECRET_KEY": env.get("SECRET_KEY") or secrets.token_urlsafe(48),
+            "VAR_DIR": env.get("VAR_DIR") or tempfile.mkdtemp(prefix="acp-bench-"),
+            "LOG_LEVEL": "WARNING",
+            "AGENT_TENANT_DAILY_CAP_USD": "100000",
+        }
+    )
+    if redis:
+        env["REDIS_URL"] = REDIS_URL
+        env["CELERY_QUEUE"] = f"acp-bench-{os.getpid()}"
+    else:
+        env.pop("REDIS_URL", None)
+    return env
+
+
+def create_db(db: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{db}"')
+
+
+def drop_db(db: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def setup_django(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("seed_demo", verbosity=0, stdout=open(os.devnull, "w"))
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    return (
+        f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}, "
+        f"PostgreSQL {version}, {platform.system()} {platform.release()}"
+    )
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> str:
+    return (
+        f"p50 {pct(values, 50):.3f} ms, p95 {pct(values, 95):.3f} ms, "
+        f"mean {statistics.fmean(values):.3f} ms (n={len(values)})"
+    )

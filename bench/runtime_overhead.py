@@ -1,0 +1,125 @@
+"""Governed vs ungoverned tool call, in one process on PostgreSQL.
+
+    python -m bench runtime_overhead                  # defaults: 300 calls, 30 warm-up
+    python -m bench runtime_overhead -- --calls 1000 --sleep-ms 5
+
+The same 5 ms tool (``time.sleep``) called
+- bare: the function itself;
+- governed: one tool step of the real step loop (``agents.runtime._step`` with the
+  action pending): kill-switch and budget checks, JSON Schema validation, tenant facts,
+  the policy decision from the active policy row, the broker (invocation row with its
+  idempotency key, conditional start, switch re-check, signed credential, SIGALRM
+  timeout, tenacity), and the lease-fenced commit of the step, the invocation result,
+  the run's state and the audit event (hash chain).
+Reports p50/p95/mean of each, the overhead (governed - bare) and the ratio.
+Uses its own database (``--db``, default ``acp_bench_runtime``), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from bench._runtime_common import bench_env, create_db, drop_db, machine, pct, setup_django, summary
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.runtime_overhead")
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--sleep-ms", type=float, default=5.0)
+    parser.add_argument("--db", default="acp_bench_runtime")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+
+    create_db(args.db)
+    try:
+        setup_django(bench_env(args.db))
+        return _run(args)
+    finally:
+        if not args.keep:
+            from django.db import connections
+
+            connections.close_all()
+            drop_db(args.db)
+
+
+def _run(args) -> int:
+    from django.contrib.auth.models import User
+
+    from agents import runtime
+    from agents.models import Agent, AgentRun
+    from agents.services import run_start
+    from agents.tools.registry import REGISTRY, register
+
+    sleep_s = args.sleep_ms / 1000
+
+    @register(
+        name="bench_sleep",
+        tier="read",
+        timeout_seconds=5,
+        description="sleeps",
+        parameters={"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+    )
+    def bench_sleep(ctx, arguments):
+        ctx.claims("bench_sleep")
+        time.sleep(sleep_s)
+        return {"n": arguments["n"]}
+
+    Agent.objects.filter(slug="support").update(is_active=False)
+    Agent.objects.create(
+        slug="support",
+        version=99,
+        name="bench",
+        model_route=["scripted"],
+        allowed_tools=["bench_sleep"],
+        intents=["general_question"],
+        max_steps=100,
+        max_tokens=10**8,
+        max_wall_seconds=10**6,
+    )
+    run, _ = run_start(
+        actor=User.objects.get(username="svc-acme"),
+        tenant="acme",
+        message="bench",
+        intent="general_question",
+        enqueue=False,
+    )
+    lease = runtime.run_claim(run_pk=run.pk, worker="bench")
+    run = AgentRun.objects.select_related("agent", "tenant").get(pk=run.pk)
+
+    bare, governed = [], []
+    total = args.warmup + args.calls
+    for i in range(total):
+        began = time.perf_counter()
+        time.sleep(sleep_s)
+        _ = {"n": i}
+        bare_ms = (time.perf_counter() - began) * 1000
+
+        run.state = {
+            "pending": {"seq": run.next_seq, "tool": "bench_sleep", "arguments": {"n": i}, "rationale": ""}
+        }
+        began = time.perf_counter()
+        outcome = runtime._step(run, lease)
+        governed_ms = (time.perf_counter() - began) * 1000
+        assert outcome is None, outcome
+        if i >= args.warmup:
+            bare.append(bare_ms)
+            governed.append(governed_ms)
+    REGISTRY.pop("bench_sleep", None)
+
+    overhead = [g - b for g, b in zip(governed, bare, strict=True)]
+    print(f"machine: {machine()}")
+    print(f"tool: time.sleep({args.sleep_ms:g} ms); {args.calls} calls after {args.warmup} warm-up")
+    print(f"bare:     {summary(bare)}")
+    print(f"governed: {summary(governed)}")
+    print(
+        f"overhead: p50 {pct(governed, 50) - pct(bare, 50):.3f} ms "
+        f"(per-call p50 {pct(overhead, 50):.3f} ms, p95 {pct(overhead, 95):.3f} ms)"
+    )
+    print(
+        f"ratio (p50 governed / p50 bare): {pct(governed, 50) / pct(bare, 50):.3f}x; "
+        f"mean ratio {statistics.fmean(governed) / statistics.fmean(bare):.3f}x"
+    )
+    return 0
