@@ -87,7 +87,20 @@ class ApprovalRequest(models.Model):
     # the outcome: the arguments the tool runs with (edited or not) and the reason
     approved_arguments = models.JSONField(null=True, blank=True)
     edited = models.BooleanField(default=False)
+    edited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                  on_delete=models.SET_NULL, related_name="+")
     decision_reason = models.TextField(blank=True)
+    # claiming: one reviewer holds a lease so two people do not work the same item
+    claimed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
+    # SLA: flagged when near_due_at passes, escalated once when due_at passes, expired
+    # (fail closed) when the escalated deadline passes too
+    near_due_at = models.DateTimeField(null=True, blank=True)
+    flagged_at = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    escalated_from = models.ForeignKey(ReviewQueue, null=True, blank=True,
+                                       on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         ordering = ["due_at"]
@@ -101,8 +114,15 @@ class ApprovalRequest(models.Model):
                                     name="uniq_pending_request_per_action"),
         ]
         indexes = [
-            # serves: a queue's pending items, oldest-due first (the reviewer's list)
+            # serves: a queue's pending items, oldest-due first (the reviewer's list), the
+            # per-queue counts of the page and the capacity check
             models.Index(fields=["queue", "status", "due_at"], name="approval_queue_status_due"),
+            # serves: the SLA sweep's breach/expiry scan (pending, due_at <= now)
+            models.Index(fields=["status", "due_at"], name="approval_status_due"),
+            # serves: the SLA sweep's near-breach scan (pending, not flagged, near_due_at <= now)
+            models.Index(fields=["status", "near_due_at"], name="approval_status_near_due"),
+            # serves: the metrics (decided requests of a queue in a time window)
+            models.Index(fields=["queue", "decided_at"], name="approval_queue_decided"),
             # serves: the requests of one run (run detail, resume)
             models.Index(fields=["run", "status"], name="approval_run_status"),
         ]
@@ -133,6 +153,11 @@ class ApprovalDecision(models.Model):
     reason = models.TextField(blank=True)
     arguments = models.JSONField(null=True, blank=True)  # edited arguments, when edited
     edited = models.BooleanField(default=False)
+    # {"field": {"from": old, "to": new}} for an edit
+    diff = models.JSONField(null=True, blank=True)
+    # sha256 of the canonical arguments this decision approved: only approvals of the
+    # current proposal count towards dual control (an edit starts a new proposal)
+    proposal_hash = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -144,3 +169,64 @@ class ApprovalDecision(models.Model):
             models.CheckConstraint(condition=~models.Q(decision="reject") | ~models.Q(reason=""),
                                    name="reject_has_reason"),
         ]
+
+
+class HandoffStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    TAKEN = "taken", "Taken"
+    RESOLVED = "resolved", "Resolved"
+
+
+class HandoffSource(models.TextChoices):
+    ROUTING = "routing", "Routed to humans"
+    EXPIRY = "expiry", "Approval expired"
+    BUDGET = "budget", "Budget exhausted"
+    BACKPRESSURE = "backpressure", "Review queue full"
+    RUNTIME = "runtime", "Runtime (tool, data, switch)"
+
+
+class Handoff(models.Model):
+    """A run a person must finish: created in the same transaction as the run's terminal
+    state (agents.runtime._finish). open -> taken -> resolved, by conditional UPDATEs;
+    on PostgreSQL a trigger keeps ``resolved`` final."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.OneToOneField("agents.AgentRun", on_delete=models.PROTECT, related_name="handoff")
+    tenant = models.ForeignKey("console.Tenant", on_delete=models.PROTECT, related_name="+")
+    source = models.CharField(max_length=16, choices=HandoffSource.choices)
+    reason = models.TextField()
+    summary = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=HandoffStatus.choices, default=HandoffStatus.OPEN)
+    taken_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                 on_delete=models.SET_NULL, related_name="+")
+    taken_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=HandoffStatus.values),
+                                   name="handoff_status_valid"),
+            models.CheckConstraint(condition=models.Q(source__in=HandoffSource.values),
+                                   name="handoff_source_valid"),
+            models.CheckConstraint(condition=~models.Q(status="resolved") | ~models.Q(note=""),
+                                   name="handoff_resolved_has_note"),
+        ]
+        indexes = [
+            # serves: the handoff page (open/taken first, per tenant, oldest first)
+            models.Index(fields=["tenant", "status", "created_at"], name="handoff_tenant_status"),
+        ]
+        triggers = [
+            pgtrigger.Protect(
+                name="handoff_resolved_is_final", operation=pgtrigger.Update,
+                condition=pgtrigger.Q(old__status="resolved")
+                & pgtrigger.Q(old__status__df=pgtrigger.F("new__status")),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"handoff {self.id} ({self.status})"

@@ -1,4 +1,4 @@
-"""API schemas for approvals (the minimal decision endpoint; issue 6 extends them)."""
+"""API schemas for approvals (explicit field lists)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,24 @@ from ninja import Field, Schema
 class DecisionIn(Schema):
     decision: Literal["approve", "reject"]
     reason: str = Field("", max_length=2000)
-    arguments: dict[str, Any] | None = Field(None, description="Edited arguments (approve only).")
+    arguments: dict[str, Any] | None = Field(
+        None, description="Edited arguments (approve only); recorded as an edit with its diff."
+    )
+
+
+class ClaimOut(Schema):
+    by: str | None
+    until: str | None
+    live: bool
+
+
+class DecisionOut(Schema):
+    reviewer: str
+    decision: str
+    reason: str
+    edited: bool
+    diff: dict[str, Any] | None
+    at: str
 
 
 class ApprovalOut(Schema):
@@ -25,3 +42,29 @@ class ApprovalOut(Schema):
     approvals: int
     run_id: str
     decided_at: str | None
+    risk_tier: str = ""
+    amount_cents: int | None = None
+    currency: str = ""
+    tenant: str = ""
+    requester: str = ""
+    on_behalf_of: str | None = None
+    summary: str = ""
+    due_at: str | None = None
+    sla_state: str = ""
+    escalated_from: str | None = None
+    claim: ClaimOut | None = None
+    created_at: str | None = None
+
+
+class ApprovalDetailOut(ApprovalOut):
+    evidence: list[dict[str, Any]]
+    policy: dict[str, Any]
+    trace_id: str
+    trace_url: str
+    decisions: list[DecisionOut]
+    decision_reason: str
+
+
+class ApprovalPageOut(Schema):
+    items: list[ApprovalOut]
+    next_cursor: str | None

@@ -1,5 +1,4 @@
-"""Approval requests and decisions (the minimal core the runtime needs; the approvals
-issue extends it with claiming, SLA sweeps, notifications and handoffs).
+"""Approval requests, decisions, claims, SLA sweeps and human handoffs.
 
 - ``approval_request_create`` runs inside the runtime's step transaction when policy says
   ``require_approval``: the run parks in the same commit.
@@ -13,14 +12,26 @@ issue extends it with claiming, SLA sweeps, notifications and handoffs).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus, DecisionKind, ReviewQueue
+from approvals.models import (
+    ApprovalDecision,
+    ApprovalRequest,
+    ApprovalStatus,
+    DecisionKind,
+    Handoff,
+    HandoffSource,
+    HandoffStatus,
+    ReviewQueue,
+)
 from audit.services import Actor, audit_record
 from console.errors import Conflict, InvalidInput, PermissionDenied
 
@@ -46,7 +57,9 @@ def approval_request_create(
     Raises QueueFull (a subclass of ApprovalUnavailable) when the queue is missing or at
     capacity: requests do not pile up silently; the run hands off with that reason.
     """
-    queue = ReviewQueue.objects.filter(slug=decision.queue).first()
+    # Lock the queue row: concurrent parks on one queue count and insert one at a time, so
+    # the capacity holds exactly (this runs inside the runtime's step transaction).
+    queue = ReviewQueue.objects.select_for_update().filter(slug=decision.queue).first()
     if queue is None:
         raise QueueFull(
             f"Review queue {decision.queue!r} does not exist; failing closed: "
@@ -60,6 +73,8 @@ def approval_request_create(
         )
     arguments = invocation.arguments
     amount = arguments.get("amount_cents") if isinstance(arguments.get("amount_cents"), int) else None
+    now = timezone.now()
+    due = now + timedelta(minutes=queue.sla_minutes)
     request = ApprovalRequest.objects.create(
         tenant_id=run.tenant_id,
         queue=queue,
@@ -81,7 +96,8 @@ def approval_request_create(
         requester_label=run.requester_label,
         on_behalf_of_id=run.on_behalf_of_id,
         on_behalf_of_label=run.on_behalf_of_label,
-        due_at=timezone.now() + timedelta(minutes=queue.sla_minutes),
+        due_at=due,
+        near_due_at=near_due(now, due),
     )
     audit_record(
         actor=Actor.run(run.public_id),
@@ -102,7 +118,37 @@ def approval_request_create(
             "run_id": str(run.public_id),
         },
     )
+    if request.risk_tier == "write_high":
+        _notify_on_commit("requested", request.id)
     return request
+
+
+def near_due(start, due):
+    """When an item whose SLA runs from ``start`` to ``due`` becomes "near breach"."""
+    return start + (due - start) * (settings.APPROVAL_NEAR_BREACH_PERCENT / 100)
+
+
+def _notify_on_commit(kind: str, request_id, **extra: Any) -> None:
+    from approvals import notifications
+
+    transaction.on_commit(lambda: notifications.dispatch(kind=kind, request_id=request_id, **extra))
+
+
+def proposal_hash(arguments: dict[str, Any]) -> str:
+    import json
+
+    from agents.broker import arguments_hash, canonical_json
+
+    return arguments_hash(json.loads(canonical_json(arguments)))
+
+
+def arguments_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """{"field": {"from": old, "to": new}} for every field an edit changed."""
+    return {
+        key: {"from": old.get(key), "to": new.get(key)}
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    }
 
 
 def _refuse(*, actor: Any, request: ApprovalRequest, reason: str, status: int = 403) -> None:
@@ -163,12 +209,43 @@ def _check_edit(*, actor: User, request: ApprovalRequest, arguments: dict[str, A
     )
     if decision.effect == policy.DENY:
         _refuse(actor=actor, request=request, reason=f"Policy denies the edited arguments: {decision.reason}")
+    if decision.effect == policy.REQUIRE_APPROVAL and decision.queue:
+        target = ReviewQueue.objects.filter(slug=decision.queue).first()
+        if target is None or not actor.has_perm(DECIDE_PERM, target):
+            _refuse(
+                actor=actor,
+                request=request,
+                reason=f"The edited action needs a decision in queue {decision.queue!r}, "
+                "where you may not decide.",
+            )
     if decision.approvals_required > request.approvals_required:
         _refuse(
             actor=actor,
             request=request,
             reason="The edit needs more approvals than this request; reject and let the agent re-propose.",
         )
+
+
+def _lease_holder_other(request: ApprovalRequest, actor: User, now) -> bool:
+    return (
+        request.claimed_by_id is not None
+        and request.claimed_by_id != actor.pk
+        and request.claim_expires_at is not None
+        and request.claim_expires_at > now
+    )
+
+
+def _lease_reason(request: ApprovalRequest) -> str:
+    holder = request.claimed_by.username if request.claimed_by else "another reviewer"
+    until = request.claim_expires_at.strftime("%H:%M:%S UTC") if request.claim_expires_at else ""
+    return f"{holder} is working on this request (lease until {until}); wait or pick another item."
+
+
+EDITOR_REASON = (
+    "Segregation of duties: you edited this proposal; a different reviewer must give the "
+    "second approval of the edited arguments."
+)
+TWICE_REASON = "You already decided on this request; dual control needs a different reviewer."
 
 
 def approval_decide(
@@ -180,15 +257,20 @@ def approval_decide(
     arguments: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
     """Record ``actor``'s decision; on the deciding approval (or any rejection) close the
-    request, move the run to ``queued`` and enqueue its resume on commit.
+    request, move the run to ``queued`` and enqueue its resume on commit (exactly once:
+    the run moves ``waiting_approval -> queued`` by a conditional UPDATE).
+
+    Only approvals of the *current* proposal count towards ``approvals_required``: an edit
+    starts a new proposal (its editor's approval is the first), so approvals given to the
+    old arguments do not carry over, and the editor can never be the second approver.
 
     403 (PermissionDenied) without decide rights, for the requester or on-behalf-of
-    identity, or for a second decision by the same reviewer; 409 (Conflict) when the
-    request is no longer pending; 422 (InvalidInput) for a reject without a reason or
-    invalid edited arguments. Every refusal is audited as ``approval.refused``.
+    identity, for a second decision by the same reviewer or by the editor; 409 (Conflict)
+    when the request is no longer pending or another reviewer holds a live lease; 422
+    (InvalidInput) for a reject without a reason or invalid edited arguments. Every
+    refusal is audited as ``approval.refused``.
     """
-    from agents.models import AgentRun, RunStatus
-    from agents.tasks import enqueue_run
+    from agents.models import AgentRun
 
     if decision not in DecisionKind.values:
         raise InvalidInput(f"decision must be one of {', '.join(DecisionKind.values)}.")
@@ -197,6 +279,8 @@ def approval_decide(
         raise InvalidInput("A reason is required to reject: the agent and the requester will read it.")
     if arguments is not None and decision == DecisionKind.REJECT:
         raise InvalidInput("Edited arguments only make sense with approve.")
+    if arguments is not None and not isinstance(arguments, dict):
+        raise InvalidInput("Edited arguments must be a JSON object, e.g. {\"amount_cents\": 3000, ...}.")
     queue = request.queue
     if not actor.has_perm(DECIDE_PERM, queue):
         _refuse(actor=actor, request=request, reason=f"You may not decide in queue {queue.name}.")
@@ -214,21 +298,34 @@ def approval_decide(
             status=409,
             reason=f"This request is already {request.status}; no further decisions are taken.",
         )
+    current = request.approved_arguments or request.arguments
     edited = False
+    diff: dict[str, Any] | None = None
     if arguments is not None and decision == DecisionKind.APPROVE:
-        from agents.broker import canonical_json
-
-        if canonical_json(arguments) != canonical_json(request.approved_arguments or request.arguments):
+        if proposal_hash(arguments) != proposal_hash(current):
             edited = True
+            diff = arguments_diff(current, arguments)
             _check_edit(actor=actor, request=request, arguments=arguments)
 
     refusal: tuple[str, int] | None = None
     with transaction.atomic():
-        locked = ApprovalRequest.objects.select_for_update().get(pk=request.pk)
+        locked = ApprovalRequest.objects.select_for_update(of=("self",)).select_related("claimed_by").get(
+            pk=request.pk
+        )
+        now = timezone.now()
+        current = locked.approved_arguments or locked.arguments
         if locked.status != ApprovalStatus.PENDING:
             refusal = (f"This request is already {locked.status}; no further decisions are taken.", 409)
+        elif locked.edited_by_id == actor.pk:
+            refusal = (EDITOR_REASON, 403)
         elif ApprovalDecision.objects.filter(request=locked, reviewer=actor).exists():
-            refusal = ("You already decided on this request; dual control needs a different reviewer.", 403)
+            refusal = (TWICE_REASON, 403)
+        elif _lease_holder_other(locked, actor, now):
+            refusal = (_lease_reason(locked), 409)
+        elif edited and diff != arguments_diff(current, arguments):
+            refusal = ("The proposal changed while you edited it; reload and edit again.", 409)
+        effective = arguments if edited else current
+        digest = proposal_hash(effective)
         if refusal is None:
             try:
                 with transaction.atomic():
@@ -239,20 +336,17 @@ def approval_decide(
                         reason=reason,
                         arguments=arguments if edited else None,
                         edited=edited,
+                        diff=diff,
+                        proposal_hash=digest if decision == DecisionKind.APPROVE else "",
                     )
             except IntegrityError:
-                refusal = (
-                    "You already decided on this request; dual control needs a different reviewer.",
-                    403,
-                )
+                refusal = (TWICE_REASON, 403)
         if refusal is None:
-            now = timezone.now()
-            effective = arguments if edited else (locked.approved_arguments or locked.arguments)
-            approvals = locked.decisions.filter(decision=DecisionKind.APPROVE).count()
+            approvals = locked.decisions.filter(decision=DecisionKind.APPROVE, proposal_hash=digest).count()
             final = decision == DecisionKind.REJECT or approvals >= locked.approvals_required
-            fields: dict[str, Any] = {}
+            fields: dict[str, Any] = {"claimed_by": None, "claim_expires_at": None}
             if edited:
-                fields.update(approved_arguments=effective, edited=True)
+                fields.update(approved_arguments=effective, edited=True, edited_by=actor)
             if final:
                 fields.update(
                     status=ApprovalStatus.APPROVED
@@ -262,26 +356,13 @@ def approval_decide(
                     decision_reason=reason,
                     approved_arguments=effective if decision == DecisionKind.APPROVE else None,
                 )
-            if fields and not ApprovalRequest.objects.filter(
-                pk=locked.pk, status=ApprovalStatus.PENDING
-            ).update(**fields):
+            if not ApprovalRequest.objects.filter(pk=locked.pk, status=ApprovalStatus.PENDING).update(
+                **fields
+            ):
                 raise Conflict("This request changed while you decided; reload it.")
             run = AgentRun.objects.get(pk=locked.run_id)
             if final:
-                resumed = AgentRun.objects.filter(pk=run.pk, status=RunStatus.WAITING_APPROVAL).update(
-                    status=RunStatus.QUEUED, updated_at=now
-                )
-                if resumed:
-                    audit_record(
-                        actor=actor,
-                        action="run.resumed",
-                        tenant=run.tenant_id,
-                        object_type="run",
-                        object_id=run.public_id,
-                        trace_id=run.trace_id,
-                        payload={"request_id": str(locked.id), "decision": decision},
-                    )
-                    enqueue_run(run, resume=True)
+                _resume_run(run=run, actor=actor, request=locked, outcome=decision, now=now)
             audit_record(
                 actor=actor,
                 action="approval.decided",
@@ -297,7 +378,9 @@ def approval_decide(
                     "tool": locked.tool,
                     "arguments": effective,
                     "edited": edited,
+                    "diff": diff,
                     "run_id": str(run.public_id),
+                    "queue": locked.queue.slug,
                     "approvals": approvals,
                     "approvals_required": locked.approvals_required,
                     "final": final,
@@ -307,3 +390,371 @@ def approval_decide(
         _refuse(actor=actor, request=request, reason=refusal[0], status=refusal[1])
     request.refresh_from_db()
     return request
+
+
+def _resume_run(*, run, actor: Any, request: ApprovalRequest, outcome: str, now) -> bool:
+    """Move the parked run back to ``queued`` and enqueue its resume on commit. The
+    conditional UPDATE makes this happen once, whoever calls it."""
+    from agents.models import AgentRun, RunStatus
+    from agents.tasks import enqueue_run
+
+    resumed = AgentRun.objects.filter(pk=run.pk, status=RunStatus.WAITING_APPROVAL).update(
+        status=RunStatus.QUEUED, updated_at=now
+    )
+    if resumed:
+        audit_record(
+            actor=actor,
+            action="run.resumed",
+            tenant=run.tenant_id,
+            object_type="run",
+            object_id=run.public_id,
+            trace_id=run.trace_id,
+            payload={"request_id": str(request.id), "decision": outcome},
+        )
+        enqueue_run(run, resume=True)
+    return bool(resumed)
+
+
+# --- claiming ---------------------------------------------------------------------------
+
+
+def approval_claim(*, actor: User, request: ApprovalRequest) -> ApprovalRequest:
+    """Take (or renew) the lease on a pending request for ``APPROVAL_LEASE_MINUTES``.
+
+    A live lease held by someone else is 409 (it says who and until when); an expired
+    one is taken over (recorded as ``stolen_from``). Only reviewers who may decide in the
+    queue, and who are not a party to the request, may claim."""
+    if not actor.has_perm(DECIDE_PERM, request.queue):
+        _refuse(actor=actor, request=request, reason=f"You may not decide in queue {request.queue.name}.")
+    if _is_party(actor, request):
+        _refuse(
+            actor=actor,
+            request=request,
+            reason="Segregation of duties: the requester or the identity a run acts for cannot "
+            "work on its own request.",
+        )
+    now = timezone.now()
+    until = now + timedelta(minutes=settings.APPROVAL_LEASE_MINUTES)
+    with transaction.atomic():
+        before = (
+            ApprovalRequest.objects.filter(pk=request.pk)
+            .values("claimed_by_id", "claim_expires_at", "status")
+            .first()
+        )
+        taken = ApprovalRequest.objects.filter(
+            Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now) | Q(claimed_by=actor),
+            pk=request.pk,
+            status=ApprovalStatus.PENDING,
+        ).update(claimed_by=actor, claim_expires_at=until)
+        if taken:
+            stolen = (
+                before["claimed_by_id"]
+                if before and before["claimed_by_id"] not in (None, actor.pk)
+                else None
+            )
+            audit_record(
+                actor=actor,
+                action="approval.claimed",
+                tenant=request.tenant_id,
+                object_type="approval_request",
+                object_id=request.id,
+                trace_id=request.trace_id,
+                payload={
+                    "request_id": str(request.id),
+                    "until": until.isoformat(),
+                    "stolen_from": User.objects.filter(pk=stolen).values_list("username", flat=True).first()
+                    if stolen
+                    else None,
+                },
+            )
+    if not taken:
+        request.refresh_from_db()
+        if request.status != ApprovalStatus.PENDING:
+            raise Conflict(f"This request is already {request.status}; nothing to claim.")
+        raise Conflict(_lease_reason(request), code="claimed")
+    request.refresh_from_db()
+    return request
+
+
+def approval_release(*, actor: User, request: ApprovalRequest) -> ApprovalRequest:
+    """Give the lease back (only its holder can)."""
+    with transaction.atomic():
+        released = ApprovalRequest.objects.filter(pk=request.pk, claimed_by=actor).update(
+            claimed_by=None, claim_expires_at=None
+        )
+        if released:
+            audit_record(
+                actor=actor,
+                action="approval.released",
+                tenant=request.tenant_id,
+                object_type="approval_request",
+                object_id=request.id,
+                trace_id=request.trace_id,
+                payload={"request_id": str(request.id)},
+            )
+    if not released:
+        raise Conflict("You do not hold the lease on this request; nothing to release.")
+    request.refresh_from_db()
+    return request
+
+
+# --- SLA --------------------------------------------------------------------------------
+
+
+def approval_flag(*, request_id, now=None) -> bool:
+    """Flag a pending request near its deadline (once) and notify the queue's reviewers."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        done = ApprovalRequest.objects.filter(
+            pk=request_id, status=ApprovalStatus.PENDING, flagged_at__isnull=True, near_due_at__lte=now
+        ).update(flagged_at=now)
+        if not done:
+            return False
+        request = ApprovalRequest.objects.select_related("queue").get(pk=request_id)
+        audit_record(
+            actor=Actor.system("sla-sweep"),
+            action="approval.flagged",
+            tenant=request.tenant_id,
+            object_type="approval_request",
+            object_id=request.id,
+            trace_id=request.trace_id,
+            payload={"request_id": str(request.id), "queue": request.queue.slug,
+                     "due_at": request.due_at.isoformat()},
+        )
+        _notify_on_commit("near_breach", request.id)
+    return True
+
+
+def approval_escalate(*, request_id, now=None) -> bool:
+    """SLA breach: move a pending, not yet escalated request to its queue's escalation
+    queue with that queue's SLA, and notify the escalation target's reviewers. A queue
+    without an escalation target keeps the item and restarts its SLA once. One
+    conditional UPDATE: a second sweeper finds nothing to do."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        request = (
+            ApprovalRequest.objects.select_related("queue", "queue__escalation_queue")
+            .filter(pk=request_id, status=ApprovalStatus.PENDING, escalated_at__isnull=True, due_at__lte=now)
+            .first()
+        )
+        if request is None:
+            return False
+        origin = request.queue
+        target = origin.escalation_queue or origin
+        due = now + timedelta(minutes=target.sla_minutes)
+        done = ApprovalRequest.objects.filter(
+            pk=request_id, status=ApprovalStatus.PENDING, escalated_at__isnull=True, due_at__lte=now
+        ).update(
+            queue=target,
+            escalated_from=origin,
+            escalated_at=now,
+            due_at=due,
+            near_due_at=near_due(now, due),
+            flagged_at=None,
+            claimed_by=None,
+            claim_expires_at=None,
+        )
+        if not done:
+            return False
+        audit_record(
+            actor=Actor.system("sla-sweep"),
+            action="approval.escalated",
+            tenant=request.tenant_id,
+            object_type="approval_request",
+            object_id=request.id,
+            trace_id=request.trace_id,
+            payload={"request_id": str(request.id), "from_queue": origin.slug, "to_queue": target.slug,
+                     "breached_at": request.due_at.isoformat(), "new_due_at": due.isoformat()},
+        )
+        _notify_on_commit("breach", request.id, origin_queue_id=origin.pk)
+    return True
+
+
+def approval_expire(*, request_id, now=None) -> bool:
+    """Fail closed: an escalated request whose deadline passed again expires. The run is
+    told (it moves to ``queued`` and its resume is enqueued on commit); the runtime sees
+    the expired request and hands off to a human with a summary (agents.runtime
+    ``_resume_after_approval``), which creates the Handoff row."""
+    from agents.models import AgentRun
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        done = ApprovalRequest.objects.filter(
+            pk=request_id, status=ApprovalStatus.PENDING, escalated_at__isnull=False, due_at__lte=now
+        ).update(
+            status=ApprovalStatus.EXPIRED,
+            decided_at=now,
+            decision_reason="Expired without a decision after escalation; failed closed.",
+            claimed_by=None,
+            claim_expires_at=None,
+        )
+        if not done:
+            return False
+        request = ApprovalRequest.objects.select_related("queue").get(pk=request_id)
+        run = AgentRun.objects.get(pk=request.run_id)
+        system = Actor.system("sla-sweep")
+        _resume_run(run=run, actor=system, request=request, outcome="expired", now=now)
+        audit_record(
+            actor=system,
+            action="approval.expired",
+            tenant=request.tenant_id,
+            object_type="approval_request",
+            object_id=request.id,
+            trace_id=request.trace_id,
+            payload={"request_id": str(request.id), "queue": request.queue.slug,
+                     "run_id": str(run.public_id), "due_at": request.due_at.isoformat()},
+        )
+    return True
+
+
+def approval_sla_sweep(*, now=None, batch: int = 500) -> dict[str, int]:
+    """One pass of the SLA sweep: expire, escalate, flag (in that order, bounded batches).
+    Safe to run concurrently: each item changes through its own conditional UPDATE."""
+    now = now or timezone.now()
+    pending = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING)
+    counts = {"expired": 0, "escalated": 0, "flagged": 0}
+    overdue = list(
+        pending.filter(due_at__lte=now).order_by("due_at").values_list("pk", "escalated_at")[:batch]
+    )
+    for pk, escalated_at in overdue:
+        if escalated_at is not None:
+            counts["expired"] += approval_expire(request_id=pk, now=now)
+        else:
+            counts["escalated"] += approval_escalate(request_id=pk, now=now)
+    near = list(
+        pending.filter(near_due_at__lte=now, flagged_at__isnull=True, due_at__gt=now)
+        .order_by("near_due_at")
+        .values_list("pk", flat=True)[:batch]
+    )
+    for pk in near:
+        counts["flagged"] += approval_flag(request_id=pk, now=now)
+    if any(counts.values()):
+        logger.info("approval SLA sweep: %s", counts)
+    return counts
+
+
+# --- human handoffs ---------------------------------------------------------------------
+
+
+def _handoff_source(status: str, reason: str) -> str:
+    text = reason.lower()
+    if "review queue full" in text or ("review queue" in text and "does not exist" in text):
+        return HandoffSource.BACKPRESSURE
+    if "approval request expired" in text:
+        return HandoffSource.EXPIRY
+    if status == "budget_exhausted":
+        return HandoffSource.BUDGET
+    if "routed to humans" in text:
+        return HandoffSource.ROUTING
+    return HandoffSource.RUNTIME
+
+
+def handoff_create(*, run, status: str, reason: str, summary: str = "") -> Handoff | None:
+    """Put a run that ended handed off into the human handoff queue, inside the caller's
+    transaction (the run's terminal commit). Once per run."""
+    if Handoff.objects.filter(run=run).exists():
+        return None
+    source = _handoff_source(status, reason)
+    handoff = Handoff.objects.create(
+        run=run, tenant_id=run.tenant_id, source=source, reason=reason[:4000], summary=summary[:8000]
+    )
+    actor = Actor.run(run.public_id)
+    if source == HandoffSource.BACKPRESSURE:
+        audit_record(
+            actor=actor,
+            action="approval.throttled",
+            tenant=run.tenant_id,
+            object_type="run",
+            object_id=run.public_id,
+            trace_id=run.trace_id,
+            payload={"reason": reason[:2000], "run_id": str(run.public_id)},
+        )
+    audit_record(
+        actor=actor,
+        action="handoff.created",
+        tenant=run.tenant_id,
+        object_type="handoff",
+        object_id=handoff.id,
+        trace_id=run.trace_id,
+        payload={"handoff_id": str(handoff.id), "run_id": str(run.public_id), "source": source,
+                 "reason": reason[:2000]},
+    )
+    return handoff
+
+
+def handoff_extra(
+    extra: Callable | None, *, run, status: str, reason: str, result: dict[str, Any] | None, handoff: bool
+) -> Callable | None:
+    """The runtime's ``_finish`` hook: wrap its ``extra`` so that a run ending
+    ``handed_off`` (or ``budget_exhausted`` with a handoff) also gets its Handoff row in
+    the same transaction. Returns ``extra`` unchanged otherwise."""
+    if not (status == "handed_off" or (handoff and status == "budget_exhausted")):
+        return extra
+    summary = (result or {}).get("handoff_summary", "")
+
+    def both(step_row):
+        if extra is not None:
+            extra(step_row)
+        handoff_create(run=run, status=status, reason=reason, summary=summary)
+
+    return both
+
+
+def handoff_take(*, actor: User, handoff: Handoff) -> Handoff:
+    """Take an open handoff (409 when someone already has it or it is resolved)."""
+    now = timezone.now()
+    with transaction.atomic():
+        taken = Handoff.objects.filter(pk=handoff.pk, status=HandoffStatus.OPEN).update(
+            status=HandoffStatus.TAKEN, taken_by=actor, taken_at=now
+        )
+        if taken:
+            audit_record(
+                actor=actor,
+                action="handoff.taken",
+                tenant=handoff.tenant_id,
+                object_type="handoff",
+                object_id=handoff.id,
+                trace_id=handoff.run.trace_id,
+                payload={"handoff_id": str(handoff.id), "run_id": str(handoff.run.public_id)},
+            )
+    handoff.refresh_from_db()
+    if not taken:
+        who = handoff.taken_by.username if handoff.taken_by else "someone"
+        raise Conflict(f"This handoff is already {handoff.status} (by {who}).")
+    return handoff
+
+
+def handoff_resolve(*, actor: User, handoff: Handoff, note: str) -> Handoff:
+    """Close a handoff with a note saying what the person did. An open one can be resolved
+    directly; a taken one only by whoever took it."""
+    note = (note or "").strip()
+    if not note:
+        raise InvalidInput("A note is required to resolve a handoff: say what you did for the customer.")
+    now = timezone.now()
+    with transaction.atomic():
+        done = Handoff.objects.filter(
+            Q(status=HandoffStatus.OPEN) | Q(status=HandoffStatus.TAKEN, taken_by=actor), pk=handoff.pk
+        ).update(
+            status=HandoffStatus.RESOLVED,
+            resolved_by=actor,
+            resolved_at=now,
+            note=note[:4000],
+        )
+        if done:
+            audit_record(
+                actor=actor,
+                action="handoff.resolved",
+                tenant=handoff.tenant_id,
+                object_type="handoff",
+                object_id=handoff.id,
+                trace_id=handoff.run.trace_id,
+                payload={"handoff_id": str(handoff.id), "run_id": str(handoff.run.public_id),
+                         "note": note[:2000]},
+            )
+    handoff.refresh_from_db()
+    if not done:
+        if handoff.status == HandoffStatus.RESOLVED:
+            raise Conflict("This handoff is already resolved.")
+        raise Conflict(f"{handoff.taken_by.username if handoff.taken_by else 'Someone'} took this handoff; "
+                       "only they can resolve it.")
+    return handoff
