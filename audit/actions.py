@@ -58,6 +58,7 @@ ACTIONS: dict[str, str] = {
     "switch.engaged": "A kill switch was engaged.",
     "switch.released": "A kill switch was released.",
     "switch.expired": "A kill switch lifted at its expiry.",
+    "run.paused": "A run parked (queued, no worker held) because its agent is paused by a switch.",
     # memory and context
     "memory.written": "A memory item was written.",
     "memory.refreshed": "Long-term memory was refreshed.",

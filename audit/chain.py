@@ -27,13 +27,55 @@ def _timestamp(value: datetime | str) -> str:
     return value.isoformat(timespec="microseconds")
 
 
-def canonical(fields: dict[str, Any], prev_hash: str) -> bytes:
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _document(fields: dict[str, Any], prev_hash: str) -> dict[str, Any]:
     doc = {name: fields[name] for name in HASHED_FIELDS}
     doc["event_id"] = str(doc["event_id"])
     doc["tenant_id"] = str(doc["tenant_id"]) if doc["tenant_id"] else None
     doc["occurred_at"] = _timestamp(doc["occurred_at"])
     doc["prev_hash"] = prev_hash
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return doc
+
+
+def canonical(fields: dict[str, Any], prev_hash: str) -> bytes:
+    """The bytes that are hashed: the fields and ``prev_hash`` as sorted, compact JSON."""
+    return _dumps(_document(fields, prev_hash)).encode()
+
+
+# The three values only known under the chain lock, in the order the sorted keys put them.
+LOCKED_FIELDS = ("occurred_at", "prev_hash", "seq")
+
+
+def canonical_parts(fields: dict[str, Any]) -> tuple[str, str, str, str]:
+    """``canonical`` split around the values assigned under the chain lock.
+
+    For any ``occurred_at`` text ``ts``, ``prev_hash`` and ``seq``::
+
+        canonical(fields | {occurred_at, seq}, prev_hash)
+            == (a + ts + b + prev_hash + c + str(seq) + d).encode()
+
+    so the PostgreSQL append can hash in SQL (``sha256(a || ts || b || prev || c || seq
+    || d)``) with everything else serialised by this module, before the lock. It is the
+    same encoder emitting the same sorted key/value pairs (a JSON object is the join of
+    its members), and ``ts``/``prev_hash`` never need escaping (digits, hex, ``T:.+-``).
+    ``fields`` needs every hashed field but ``occurred_at`` and ``seq``.
+    """
+    doc = _document({**fields, "occurred_at": "", "seq": 0}, "")
+    pieces: list[str] = []
+    current = "{"
+    for index, key in enumerate(sorted(doc)):
+        current += ("," if index else "") + _dumps(key) + ":"
+        if key in LOCKED_FIELDS:
+            quoted = key != "seq"
+            pieces.append(current + ('"' if quoted else ""))
+            current = '"' if quoted else ""
+        else:
+            current += _dumps(doc[key])
+    pieces.append(current + "}")
+    a, b, c, d = pieces
+    return a, b, c, d
 
 
 def event_hash(fields: dict[str, Any], prev_hash: str) -> str:

@@ -12,7 +12,7 @@ import base64
 import binascii
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from urllib.parse import quote
 
 from django.db.models import QuerySet
@@ -165,9 +165,33 @@ def filtered_events(filters: EventFilters) -> QuerySet[AuditEvent]:
         qs = qs.filter(trace_id=filters.trace_id)
     if filters.since:
         qs = qs.filter(occurred_at__gte=filters.since)
+        if filters.since > datetime.min.replace(tzinfo=UTC) + TIME_SLACK:
+            first = _first_seq_at_or_after(filters.since - TIME_SLACK)
+            qs = qs.filter(seq__gte=first) if first is not None else qs.none()
     if filters.until:
         qs = qs.filter(occurred_at__lt=filters.until)
+        if filters.until < datetime.max.replace(tzinfo=UTC) - TIME_SLACK:
+            beyond = _first_seq_at_or_after(filters.until + TIME_SLACK)
+            if beyond is not None:
+                qs = qs.filter(seq__lt=beyond)
     return qs
+
+
+# A time window is also translated into a seq range, so a window with no other filter is a
+# primary-key range scan in seq order instead of "every row of the window, then sort by
+# seq" (or a backwards scan of the whole table from the newest row until the window is
+# reached). It relies on occurred_at following seq: both are assigned under the chain lock,
+# occurred_at by one clock (PostgreSQL's clock_timestamp(); SQLite: the one host's clock).
+# The bounds are widened by TIME_SLACK so a clock stepped back by less than that (NTP) or
+# equal timestamps cannot drop an event; the occurred_at conditions above keep the result
+# exact. See docs/audit.md.
+TIME_SLACK = timedelta(seconds=60)
+
+
+def _first_seq_at_or_after(moment: datetime) -> int | None:
+    """One probe of the occurred_at index: the event that opens the range."""
+    return (AuditEvent.objects.filter(occurred_at__gte=moment).order_by("occurred_at")
+            .values_list("seq", flat=True).first())
 
 
 def event_search(*, filters: EventFilters, cursor: str | None = None,

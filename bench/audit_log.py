@@ -2,18 +2,26 @@
 
     python -m bench audit                       # defaults below
     python -m bench audit -- --search-rows 200000 --keep
+    python -m bench audit -- --only appends     # or verify, search (comma-separated)
 
 Uses its own database (``--db``, default ``acp_bench_audit``) on the server of
 ``BENCH_PG_URL`` (default ``postgres://postgres@127.0.0.1:5432/postgres``), migrates it,
 and drops it at the end (``--keep`` to inspect it).
 
 1. Appends/s with 1 and 8 writer PROCESSES (each its own connection, one event per
-   transaction): chain on = ``audit_record`` (redact, advisory lock, read head, hash,
-   insert); chain off = the same redaction and an INSERT of the same row into a copy of
-   the table (same indexes and constraints, no triggers) with no lock, no head read, no
-   hash. Same run, interleaved, ratio printed.
-2. Verification events/s: ``verify_chain`` over a valid chain of ``--verify-rows`` events
-   (written with real hashes and COPY).
+   transaction), interleaved in each round, medians printed:
+   - chain on = ``audit_record`` (redact, prepare the canonical text, then one round trip:
+     advisory lock + prepared append that hashes in the server);
+   - chain off = the same redaction and an INSERT of the same row into a copy of the table
+     (same indexes and constraints, no triggers) with no lock, no head read, no hash;
+   - bare = a one-column row per transaction through the same Django stack: the commit
+     ceiling of this machine for these writers;
+   - chain on + opt-in async commit = ``audit_record`` with ``AUDIT_ASYNC_COMMIT`` (off by
+     default, see docs/audit.md; ``--no-async-commit`` skips it).
+2. Verification events/s over a valid chain of ``--verify-rows`` events (written with real
+   hashes and COPY): the single walk, then the parallel walk (``--verify-workers``). Before
+   that, the number of times ``occurred_at`` steps backwards in seq order over the events
+   the concurrent writers appended (the time-window search relies on it being 0).
 3. Search p50/p95 over ``--search-rows`` events: the rows above plus bulk rows from
    ``generate_series`` with realistic spreads of actors, actions, tenants, objects, traces
    and 90 days of time. The bulk rows carry placeholder hashes (the search does not read
@@ -97,9 +105,16 @@ def writer(mode: str, count: int, go_file: str, ident: str) -> None:
     while not os.path.exists(go_file):
         time.sleep(0.005)
     actor = Actor.system(f"bench-{ident}")
+    if mode == "chain_async":
+        from django.conf import settings
+
+        settings.AUDIT_ASYNC_COMMIT = True  # the documented opt-in, measured, never default
     for index in range(count):
         payload = {"writer": ident, "i": index, "amount": 40, "customer": "C-1001"}
-        if mode == "chain":
+        if mode == "bare":  # the commit ceiling: one tiny row per transaction, nothing else
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("INSERT INTO bench_bare (v) VALUES (%s)", [index])
+        elif mode in ("chain", "chain_async"):
             with transaction.atomic():
                 audit_record(actor=actor, action="tool.executed", object_type="run",
                              object_id=f"run-{ident}", trace_id=f"trace-{ident}-{index}",
@@ -151,15 +166,19 @@ def _percentile(values: list[float], pct: float) -> float:
 
 def bench_appends(db: str, args) -> list[str]:
     lines = []
+    modes = ("chain", "plain", "bare", *(("chain_async",) if args.async_commit else ()))
     for writers, per in ((1, args.events_1), (8, args.events_8)):
-        rates = {"chain": [], "plain": []}
+        rates: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
-            for mode in ("chain", "plain"):
+            for mode in modes:
                 rates[mode].append(run_writers(db, mode, writers, per))
-        chain, plain = statistics.median(rates["chain"]), statistics.median(rates["plain"])
+        rate = {mode: statistics.median(values) for mode, values in rates.items()}
+        chain, plain = rate["chain"], rate["plain"]
         lines.append(f"appends, {writers} writer(s) x {per} events, median of {args.rounds}: "
                      f"chain on {chain:,.0f}/s, chain off {plain:,.0f}/s, "
-                     f"ratio {chain / plain:.2f}")
+                     f"ratio {chain / plain:.2f}; bare 1-row commits {rate['bare']:,.0f}/s"
+                     + (f"; chain on + opt-in async commit {rate['chain_async']:,.0f}/s"
+                        if args.async_commit else ""))
         print(lines[-1], flush=True)
     return lines
 
@@ -201,20 +220,33 @@ def load_valid_chain(total: int) -> None:
 
 
 def bench_verify(args) -> list[str]:
+    from django.db import connection
+
     from audit.verify import verify_chain
 
+    with connection.cursor() as cursor:  # the claim the time-window search relies on
+        cursor.execute("SELECT count(*), count(*) FILTER (WHERE back) FROM (SELECT occurred_at "
+                       "< lag(occurred_at) OVER (ORDER BY seq) AS back FROM audit_auditevent) t")
+        appended, backwards = cursor.fetchone()
+    lines = [f"occurred_at vs seq over the {appended:,} events appended by concurrent writers: "
+             f"{backwards} step(s) backwards"]
+    print(lines[-1], flush=True)
     load_valid_chain(args.verify_rows)
-    results = []
-    for _ in range(args.rounds):
-        start = time.perf_counter()
-        result = verify_chain()
-        elapsed = time.perf_counter() - start
-        assert result.ok, result.reason
-        results.append(result.checked / elapsed)
-    line = (f"verification: {result.checked:,} events, median of {args.rounds}: "
-            f"{statistics.median(results):,.0f} events/s")
-    print(line, flush=True)
-    return [line]
+    from audit.verify import default_workers
+
+    workers = args.verify_workers or default_workers()
+    for label, count in (("single walk", 1), (f"{workers} processes", workers)):
+        results = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            result = verify_chain(workers=count)
+            elapsed = time.perf_counter() - start
+            assert result.ok, result.reason
+            results.append(result.checked / elapsed)
+        lines.append(f"verification ({label}): {result.checked:,} events, median of "
+                     f"{args.rounds}: {statistics.median(results):,.0f} events/s")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def bulk_load_search_rows(total: int) -> None:
@@ -326,6 +358,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--search-rows", type=int, default=1_000_000)
     parser.add_argument("--search-repeats", type=int, default=40)
     parser.add_argument("--keep", action="store_true", help="do not drop the bench database")
+    parser.add_argument("--only", type=lambda v: set(v.split(",")),
+                        default={"appends", "verify", "search"},
+                        help="comma-separated subset of appends,verify,search")
+    parser.add_argument("--no-async-commit", dest="async_commit", action="store_false",
+                        help="skip the opt-in AUDIT_ASYNC_COMMIT measurement")
+    parser.add_argument("--verify-workers", type=int, default=None,
+                        help="processes for the parallel verification (default: CPUs + 1, "
+                             "as verify_chain picks)")
     args = parser.parse_args(argv)
     import psycopg
 
@@ -343,9 +383,13 @@ def main(argv: list[str]) -> int:
             cursor.execute("CREATE TABLE bench_plain (LIKE audit_auditevent INCLUDING ALL)")
             cursor.execute("ALTER TABLE bench_plain ALTER COLUMN seq "
                            "ADD GENERATED ALWAYS AS IDENTITY")
-        bench_appends(args.db, args)
-        bench_verify(args)
-        bench_search(args)
+            cursor.execute("CREATE TABLE bench_bare (id bigserial PRIMARY KEY, v int)")
+        if "appends" in args.only:
+            bench_appends(args.db, args)
+        if "verify" in args.only:
+            bench_verify(args)
+        if "search" in args.only:
+            bench_search(args)
         connection.close()
     finally:
         if not args.keep:

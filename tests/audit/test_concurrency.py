@@ -51,5 +51,9 @@ def test_eight_concurrent_writer_processes_leave_a_valid_gap_free_chain(tmp_path
     labels = list(AuditEvent.objects.order_by("seq").values_list("actor_label", flat=True))
     switches = sum(1 for a, b in itertools.pairwise(labels) if a != b)
     assert switches >= WRITERS  # fully serial would be WRITERS - 1
+    # occurred_at is assigned under the chain lock by one clock: it follows seq (the time
+    # window search relies on it, within audit.selectors.TIME_SLACK)
+    times = list(AuditEvent.objects.order_by("seq").values_list("occurred_at", flat=True))
+    assert times == sorted(times)
     result = verify_chain()
     assert (result.ok, result.checked, result.first_bad_seq) == (True, total, None)

@@ -166,3 +166,22 @@ def test_fast_path_hashes_exactly_like_the_reference(acme):
         fast_rows = cursor.fetchall()
     for fast, ref in zip(fast_rows, iter_chain_rows(), strict=True):
         assert fast_canonical(fast, fast[13]) == canonical(ref, ref["prev_hash"])
+
+
+def test_a_gap_longer_than_a_batch_is_reported_with_the_next_present_event():
+    write_events(12)
+    with superuser_bypass() as cursor:
+        cursor.execute("DELETE FROM audit_auditevent WHERE seq BETWEEN 4 AND 9")
+    result = verify_chain(batch_size=3)
+    assert (result.ok, result.checked, result.first_bad_seq) == (False, 3, 4)
+    assert "next present is #10" in result.reason
+    assert verify_chain(batch_size=3, up_to_seq=3).ok
+
+
+def test_batches_cover_the_chain_exactly_once_whatever_the_batch_size():
+    write_events(11)
+    for size in (1, 2, 5, 11, 50):
+        result = verify_chain(batch_size=size)
+        assert (result.ok, result.checked, result.head_seq) == (True, 11, 11), size
+        bounded = verify_chain(batch_size=size, after_seq=2, up_to_seq=9)
+        assert (bounded.ok, bounded.checked, bounded.head_seq) == (True, 7, 9), size
