@@ -48,6 +48,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from agents import broker, policy
+from agents import switches as switch_state
 from agents.llm.base import (
     ACTION_SCHEMA,
     STEP_PLAN,
@@ -71,7 +72,7 @@ from agents.models import (
     ToolInvocation,
 )
 from agents.planner import ScriptedSupportPlanner
-from agents.services import spend_reserve, spend_settle, switches_active_for, switches_engaged
+from agents.services import spend_reserve, spend_settle, switches_active_for
 from agents.tools import get_tool
 from audit.redaction import redact
 from audit.services import Actor, audit_record
@@ -179,10 +180,19 @@ def run_claim(*, run_pk: int, worker: str = "") -> str | None:
 def run_execute(*, run_id: str, worker: str = "") -> str:
     """Step the run until it parks or ends. Safe to call twice at once: one wins the lease,
     the other returns BUSY. Returns the run's status, BUSY, RETRY_LATER or LEASE_LOST."""
-    row = AgentRun.objects.filter(public_id=run_id).values_list("pk", "trace_id").first()
+    row = (
+        AgentRun.objects.filter(public_id=run_id)
+        .values_list("pk", "trace_id", "status", "agent__slug")
+        .first()
+    )
     if row is None:
         logger.warning("run %s does not exist; nothing to do", run_id)
         return BUSY
+    if row[2] == RunStatus.QUEUED and switch_state.paused(row[3]):
+        # Paused agent: a queued run stays queued, untouched (no lease, no step, no event);
+        # releasing the pause enqueues it again.
+        logger.info("run %s: agent %s is paused; left queued", run_id, row[3])
+        return RunStatus.QUEUED
     with trace_context(row[1]):
         lease = run_claim(run_pk=row[0], worker=worker)
         if lease is None:
@@ -210,10 +220,14 @@ def run_execute(*, run_id: str, worker: str = "") -> str:
 
 def _step(run: AgentRun, lease: str) -> str | None:
     began = time.perf_counter()
-    switches = switches_engaged()  # 1. before every step, from the database
+    # 1. before every step: the engaged switches (cached per process, validated by the
+    # switch version key; see agents.switches)
+    switches = switch_state.engaged()
     stop = _switch_stop(run, lease, switches, began)
     if stop:
         return stop
+    if "parked" in run.state:  # resumed after a pause: the marker goes with the next state write
+        run.state = {k: v for k, v in run.state.items() if k != "parked"}
     exhausted = _budget_exhausted(run)
     if exhausted:
         return _finish(run, lease, RunStatus.BUDGET_EXHAUSTED, exhausted, began=began, handoff=True)
@@ -246,18 +260,22 @@ def _switch_stop(run: AgentRun, lease: str, switches, began: float) -> str | Non
             )
     for switch in switches:
         if switch.scope == SwitchScope.AGENT and switch.target == run.agent.slug:
-            # Pause: park as queued without a worker; the sweeper resumes it after release.
+            # Pause: park as queued, lease released (no worker held). Releasing the switch
+            # enqueues it again (agents.services._switch_effects); the sweeper is the backstop.
+            parked = {"switch": str(switch), "reason": switch.reason, "at": timezone.now().isoformat()}
             _commit(
                 run,
                 lease,
                 began=began,
                 release=True,
                 status=RunStatus.QUEUED,
+                run_fields={"state": dict(run.state, parked=parked)},
                 step=dict(
                     kind=StepKind.CONTROL,
                     name="agent_paused",
                     output={"switch": str(switch), "reason": switch.reason},
                 ),
+                audits=[{"action": "run.paused", "payload": parked}],
             )
             return RunStatus.QUEUED
     return None
@@ -415,6 +433,9 @@ def _finish(
             failure_class=failure_class,
             output={"reason": reason},
         )
+    from approvals.services import handoff_extra  # handed-off runs get a Handoff row in this commit
+
+    extra = handoff_extra(extra, run=run, status=status, reason=reason, result=result, handoff=handoff)
     _commit(
         run,
         lease,
@@ -748,7 +769,7 @@ def _act(
     # The switches read at the start of this step, matched for this tool and tier.
     switches = [
         s
-        for s in (step_switches if step_switches is not None else switches_engaged())
+        for s in (step_switches if step_switches is not None else switch_state.engaged())
         if s.scope == SwitchScope.GLOBAL
         or (s.scope, s.target)
         in {(SwitchScope.TOOL, name), (SwitchScope.APPROVAL, name), (SwitchScope.APPROVAL, tool.tier)}
@@ -1098,10 +1119,12 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
 def _execute(run, lease, pending, tool, invocation, decision, began, arguments=None) -> str | None:
     def recheck() -> str | None:
         # Again immediately before the tool runs: a switch flipped since the step began wins.
-        for s in switches_active_for(tool=tool.name, agent=run.agent.slug, intent=run.intent):
-            if s.scope in (SwitchScope.TOOL, SwitchScope.GLOBAL):
-                return f"kill switch {s} engaged: {s.reason}"
-        return None
+        # Write tools read the authority and fail closed when the switch store is unreachable.
+        return switch_state.tool_gate(
+            tool=tool.name,
+            writes=tool.side_effects or tool.tier != "read",
+            reader=lambda: switches_active_for(tool=tool.name, agent=run.agent.slug, intent=run.intent),
+        )
 
     try:
         outcome = broker.broker_execute(

@@ -97,31 +97,73 @@ def switches_active_for(
     return [s for s in engaged if (s.scope, s.target) in wanted or (memory and s.scope == SwitchScope.MEMORY)]
 
 
+GLOBAL_TARGETS = ("", "*", "-", "all")
+
+
 def _validate_switch_target(scope: str, target: str) -> str:
+    from agents.planner import INTENTS
     from agents.tools import REGISTRY
 
     if scope not in SwitchScope.values:
         raise InvalidInput(f"Unknown switch scope {scope!r}; use one of {', '.join(SwitchScope.values)}.")
     target = (target or "").strip()
     if scope == SwitchScope.GLOBAL:
-        if target not in ("", "*", "all"):
-            raise InvalidInput("The global switch has no target; use '*' or leave it empty.")
+        if target not in GLOBAL_TARGETS:
+            raise InvalidInput("The global switch has no target; use '-', 'all' or '*'.")
         return ""
     if scope == SwitchScope.MEMORY:
-        return target or "*"
+        target = "*" if target in GLOBAL_TARGETS else target
+        if target != "*" and not Agent.objects.filter(slug=target).exists():
+            raise InvalidInput(
+                f"Memory freeze targets '*' (all memory) or an agent slug; no agent {target!r}."
+            )
+        return target
     if not target:
         raise InvalidInput(f"A {scope} switch needs a target (e.g. a tool name).")
     if scope == SwitchScope.TOOL and target not in REGISTRY:
         raise InvalidInput(f"Unknown tool {target!r}; known tools: {', '.join(sorted(REGISTRY))}.")
     if scope == SwitchScope.APPROVAL and target not in REGISTRY and target not in Tier.values:
         raise InvalidInput(f"Force approval targets a tool name or a tier ({', '.join(Tier.values)}).")
+    if scope == SwitchScope.INTENT:
+        known = set(INTENTS) | {i for a in Agent.objects.values_list("intents", flat=True) for i in (a or [])}
+        if target not in known:
+            raise InvalidInput(f"Unknown intent {target!r}; known intents: {', '.join(sorted(known))}.")
+    if scope == SwitchScope.AGENT and not Agent.objects.filter(slug=target).exists():
+        raise InvalidInput(f"No agent {target!r}; pause targets an agent slug such as 'support'.")
     return target
+
+
+def _switch_effects(*, actor: Any, switch: KillSwitch, engaged: bool, reason: str) -> None:
+    """Side effects of a flip that live outside the switch table, in the same transaction:
+    memory freeze, re-enqueue of runs a pause parked. Then invalidate every worker's copy
+    now (inside the transaction) and again once the flip is visible (on commit)."""
+    from agents import switches
+
+    if switch.scope == SwitchScope.MEMORY:
+        from agents.knowledge.services import memory_freeze, memory_unfreeze
+
+        agent = None if switch.target == "*" else switch.target
+        if engaged:
+            memory_freeze(actor=actor, agent=agent, reason=f"kill switch {switch}: {reason}")
+        else:
+            memory_unfreeze(actor=actor, agent=agent, reason=f"kill switch {switch}: {reason or 'released'}")
+    if not engaged and switch.scope in (SwitchScope.AGENT, SwitchScope.GLOBAL):
+        from agents.tasks import send_run
+
+        parked = AgentRun.objects.filter(status=RunStatus.QUEUED)
+        if switch.scope == SwitchScope.AGENT:
+            parked = parked.filter(agent__slug=switch.target)
+        ids = [str(pk) for pk in parked.values_list("public_id", flat=True)[:5000]]
+        transaction.on_commit(lambda: [send_run(i) for i in ids])
+    switches.bump_version()
+    transaction.on_commit(switches.bump_version)
 
 
 def switch_engage(
     *, actor: Any, scope: str, target: str = "", reason: str, expires_at: datetime | None = None
 ) -> KillSwitch:
-    """Engage a switch (create it if needed). Workers see it at their next check."""
+    """Engage a switch (create it if needed; engaging again updates reason and expiry).
+    Workers see it at their next check; credit writes see it as soon as it commits."""
     target = _validate_switch_target(scope, target)
     if not (reason or "").strip():
         raise InvalidInput("A reason is required to engage a switch: say what incident it answers.")
@@ -135,6 +177,7 @@ def switch_engage(
         switch.changed_by, switch.changed_by_label = who, Actor.of(actor).label
         switch.changed_at, switch.expires_at = timezone.now(), expires_at
         switch.save()
+        _switch_effects(actor=actor, switch=switch, engaged=True, reason=switch.reason)
         audit_record(
             actor=actor,
             action="switch.engaged",
@@ -151,6 +194,7 @@ def switch_engage(
 
 
 def switch_release(*, actor: Any, scope: str, target: str = "", reason: str = "") -> KillSwitch:
+    """Release an engaged switch. Runs a pause parked are enqueued again on commit."""
     target = _validate_switch_target(scope, target)
     who = actor if isinstance(actor, User) else None
     with transaction.atomic():
@@ -163,6 +207,7 @@ def switch_release(*, actor: Any, scope: str, target: str = "", reason: str = ""
         switch.changed_by, switch.changed_by_label = who, Actor.of(actor).label
         switch.changed_at = timezone.now()
         switch.save()
+        _switch_effects(actor=actor, switch=switch, engaged=False, reason=switch.reason)
         audit_record(
             actor=actor,
             action="switch.released",
@@ -171,6 +216,57 @@ def switch_release(*, actor: Any, scope: str, target: str = "", reason: str = ""
             payload={"scope": scope, "target": target, "reason": switch.reason},
         )
     return switch
+
+
+def switch_set(
+    *, actor: Any, scope: str, target: str, engaged: bool, reason: str, expires_at: datetime | None = None
+) -> KillSwitch:
+    """Engage or release (the API's PUT and the page's toggle). A reason is required both ways."""
+    if not (reason or "").strip():
+        verb = "engage" if engaged else "release"
+        raise InvalidInput(f"A reason is required to {verb} a switch: say what incident it answers.")
+    if engaged:
+        return switch_engage(actor=actor, scope=scope, target=target, reason=reason, expires_at=expires_at)
+    if expires_at is not None:
+        raise InvalidInput("expires_at only applies when engaging a switch.")
+    return switch_release(actor=actor, scope=scope, target=target, reason=reason)
+
+
+def switch_expire_due(*, now: datetime | None = None) -> list[str]:
+    """Lift every engaged switch whose expiry has passed (the beat sweep). Each lift is a
+    conditional UPDATE (still engaged, still expired), so two sweeps never both record it.
+    Returns the switches lifted."""
+    now = now or timezone.now()
+    lifted = []
+    due = KillSwitch.objects.filter(engaged=True, expires_at__isnull=False, expires_at__lte=now)
+    for switch in list(due):
+        with transaction.atomic():
+            _lock_switches(shared=False)
+            updated = KillSwitch.objects.filter(
+                pk=switch.pk, engaged=True, expires_at=switch.expires_at, expires_at__lte=now
+            ).update(engaged=False, changed_at=now, changed_by=None, changed_by_label="expiry",
+                     reason=f"expired (was: {switch.reason})"[:2000])
+            if not updated:
+                continue
+            actor = Actor.system("switch-expiry")
+            _switch_effects(actor=actor, switch=switch, engaged=False, reason="expired")
+            audit_record(
+                actor=actor,
+                action="switch.expired",
+                object_type="switch",
+                object_id=str(switch),
+                payload={
+                    "scope": switch.scope,
+                    "target": switch.target,
+                    "reason": switch.reason,
+                    "expires_at": switch.expires_at.isoformat(),
+                    "engaged_by": switch.changed_by_label,
+                },
+            )
+        lifted.append(str(switch))
+    if lifted:
+        logger.info("switch expiry lifted %s", ", ".join(lifted))
+    return lifted
 
 
 # --- policies ---------------------------------------------------------------------------

@@ -45,6 +45,14 @@ def sweep_runs_task() -> int:
     return len(run_sweep())
 
 
+@shared_task(ignore_result=True)
+def expire_switches_task() -> int:
+    """Beat: lift kill switches whose expiry passed (records switch.expired)."""
+    from agents.services import switch_expire_due
+
+    return len(switch_expire_due())
+
+
 def send_run(run_id: str, *, resume: bool = False) -> None:
     """Publish now. A failed publish is logged, not raised: the run stays queued in the
     database and the sweeper enqueues it again."""

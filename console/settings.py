@@ -341,6 +341,13 @@ if AUDIT_CHECKPOINT_KEY and len(AUDIT_CHECKPOINT_KEY) < 32:
 AUDIT_CHECKPOINT_DIR = Path(os.environ.get("AUDIT_CHECKPOINT_DIR", VAR_DIR / "audit-checkpoints"))
 AUDIT_CHECKPOINT_WEBHOOK = os.environ.get("AUDIT_CHECKPOINT_WEBHOOK", "").strip()
 AUDIT_CHECKPOINT_EVERY_SECONDS = envint("AUDIT_CHECKPOINT_EVERY_SECONDS", 300, minimum=10)
+# Opt-in only: commit audited transactions without waiting for the WAL flush. Faster, but a
+# server crash may lose the last few committed transactions -- including the record that an
+# external tool already acted, which could let it act twice on resume (docs/audit.md).
+AUDIT_ASYNC_COMMIT = envbool("AUDIT_ASYNC_COMMIT", False)
+# The one-round-trip append uses a server-side prepared statement; turn it off behind a
+# transaction-mode connection pooler (pgbouncer) that cannot keep prepared statements.
+AUDIT_PREPARED_APPEND = envbool("AUDIT_PREPARED_APPEND", True)
 CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
     "task": "audit.tasks.checkpoint_task",
     "schedule": float(AUDIT_CHECKPOINT_EVERY_SECONDS),
@@ -399,3 +406,63 @@ CELERY_BEAT_SCHEDULE["memory-refresh"] = {
     "schedule": float(envint("MEMORY_REFRESH_SECONDS", 3600, minimum=60)),
 }
 # --- end models and memory ----------------------------------------------------------------
+
+# --- approvals (issue 6): leases, SLA sweep, notifications (docs/approvals.md) ----------
+# A reviewer's claim on a request lasts this long; after it, another reviewer may take it.
+APPROVAL_LEASE_MINUTES = envint("APPROVAL_LEASE_MINUTES", 10, minimum=1)
+# An item is flagged "near breach" once this share of its SLA has elapsed.
+APPROVAL_NEAR_BREACH_PERCENT = envint("APPROVAL_NEAR_BREACH_PERCENT", 80, minimum=1)
+if APPROVAL_NEAR_BREACH_PERCENT >= 100:
+    raise ImproperlyConfigured("APPROVAL_NEAR_BREACH_PERCENT must be below 100 (e.g. 80).")
+# Outgoing webhook for new high-risk requests, near-breach and breach: signed with HMAC
+# (X-ACP-Signature: sha256=<hex of HMAC-SHA256(secret, timestamp + "." + body)>).
+APPROVAL_WEBHOOK_URL = os.environ.get("APPROVAL_WEBHOOK_URL", "").strip()
+APPROVAL_WEBHOOK_SECRET = envsecret("APPROVAL_WEBHOOK_SECRET")
+if APPROVAL_WEBHOOK_URL and len(APPROVAL_WEBHOOK_SECRET) < 16:
+    raise ImproperlyConfigured(
+        "APPROVAL_WEBHOOK_URL is set but APPROVAL_WEBHOOK_SECRET (or _FILE) is missing or "
+        "shorter than 16 characters; the receiver needs it to verify the signature."
+    )
+APPROVAL_WEBHOOK_ATTEMPTS = envint("APPROVAL_WEBHOOK_ATTEMPTS", 4, minimum=1)
+APPROVAL_WEBHOOK_TIMEOUT_SECONDS = envint("APPROVAL_WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
+APPROVAL_WEBHOOK_BACKOFF_SECONDS = float(envint("APPROVAL_WEBHOOK_BACKOFF_MS", 500, minimum=0)) / 1000
+# Links in notifications point here (the console's public URL).
+CONSOLE_BASE_URL = os.environ.get("CONSOLE_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+CELERY_BEAT_SCHEDULE["approvals-sla-sweep"] = {
+    "task": "approvals.tasks.sla_sweep_task",
+    "schedule": float(envint("APPROVAL_SWEEP_SECONDS", 30, minimum=1)),
+}
+# --- end approvals ------------------------------------------------------------------------
+
+# --- kill switches and the operator console (issue 7, docs/switches.md) -----------------
+# Switch propagation: a version key in Redis (default: REDIS_URL; embedded default: the
+# shared file cache) invalidates each worker's copy of the engaged switches; the copy is
+# also re-read at least every SWITCHES_CACHE_TTL_SECONDS in case a bump was missed. Write
+# tools fail closed when this store cannot be reached within SWITCHES_REDIS_TIMEOUT_SECONDS.
+SWITCHES_REDIS_URL = os.environ.get("SWITCHES_REDIS_URL", "").strip() or REDIS_URL
+if SWITCHES_REDIS_URL:
+    validate_redis_url(SWITCHES_REDIS_URL)
+
+
+def _envfloat(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number of seconds (e.g. 2 or 0.5).") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
+    return value
+
+
+SWITCHES_CACHE_TTL_SECONDS = _envfloat("SWITCHES_CACHE_TTL_SECONDS", 2.0)
+SWITCHES_REDIS_TIMEOUT_SECONDS = _envfloat("SWITCHES_REDIS_TIMEOUT_SECONDS", 0.25, minimum=0.01)
+CELERY_BEAT_SCHEDULE["switches-expire"] = {
+    "task": "agents.tasks.expire_switches_task",
+    "schedule": float(envint("SWITCHES_EXPIRY_SWEEP_SECONDS", 5, minimum=1)),
+}
+# The dashboard and run pages poll every CONSOLE_POLL_SECONDS (htmx).
+CONSOLE_POLL_SECONDS = envint("CONSOLE_POLL_SECONDS", 5, minimum=1)
+# --- end kill switches and the operator console ------------------------------------------

@@ -14,6 +14,11 @@ def api_not_found(request: HttpRequest, rest: str = ""):
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("switches/", views.switches_page, name="switches"),
+    path("switches/<str:scope>/<str:target>/confirm/", views.switch_confirm, name="switch_confirm"),
+    path("switches/<str:scope>/<str:target>/flip/", views.switch_flip, name="switch_flip"),
+    path("runs/", views.runs_page, name="runs"),
+    path("runs/<uuid:public_id>/", views.run_detail, name="run_detail"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True),
          name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
