@@ -54,6 +54,7 @@ from agents.llm.base import (
     STEP_PLAN,
     STEP_SUMMARY,
     STEP_TOOL,
+    AllRoutesDown,
     InvalidModelOutput,
     ModelClient,
     ModelError,
@@ -677,7 +678,11 @@ def _model_failed(
             ],
         )
         raise RetryLater(f"model error, retry {retries + 1}: {exc}", countdown=2**retries)
-    if isinstance(exc, InvalidModelOutput) or not exc.retryable:
+    if isinstance(exc, AllRoutesDown):
+        # Every model route is down or its breaker is open: a person takes over, with
+        # the per-route reasons in the terminal reason and the handoff summary.
+        status = RunStatus.HANDED_OFF
+    elif isinstance(exc, InvalidModelOutput) or not exc.retryable:
         status = RunStatus.FAILED
     else:
         status = RunStatus.HANDED_OFF
