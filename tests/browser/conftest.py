@@ -63,10 +63,16 @@ def page_for(browser, live_server):
 
 
 @pytest.fixture
-def screenshot():
+def screenshot(settings):
+    """Save a full-page screenshot. Into docs/screenshots/ with UPDATE_SCREENSHOTS=1 (how the
+    README's pictures are refreshed), else into the test session's scratch directory so a
+    plain test run leaves the work tree clean."""
+    target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else (
+        Path(settings.VAR_DIR) / "screenshots")
+
     def take(page, name: str) -> Path:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{name}.png"
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / f"{name}.png"
         page.screenshot(path=str(path), full_page=True)
         return path
 
