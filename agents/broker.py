@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -69,8 +69,11 @@ def arguments_hash(arguments: dict[str, Any]) -> str:
 
 def idempotency_key_for(*, run_public_id: str, step_seq: int, arguments: dict[str, Any]) -> str:
     """``idk_`` + sha256(run, step, canonical arguments): stable across retries and resumes."""
-    material = f"{run_public_id}:{step_seq}:{arguments_hash(arguments)}"
-    return "idk_" + hashlib.sha256(material.encode()).hexdigest()[:48]
+    return _key(run_public_id, step_seq, arguments_hash(arguments))
+
+
+def _key(run_public_id: str, step_seq: int, digest: str) -> str:
+    return "idk_" + hashlib.sha256(f"{run_public_id}:{step_seq}:{digest}".encode()).hexdigest()[:48]
 
 
 @dataclass
@@ -103,23 +106,22 @@ def invocation_propose(
     same key with other arguments, raise IdempotencyConflict."""
     canonical = json.loads(canonical_json(arguments))
     digest = arguments_hash(canonical)
-    key = idempotency_key_for(run_public_id=str(run.public_id), step_seq=step_seq, arguments=canonical)
+    key = _key(str(run.public_id), step_seq, digest)
     try:  # the common case is a new call: insert first, look up only on a conflict
-        with transaction.atomic():
-            return ToolInvocation.objects.create(
-                run=run,
-                tenant_id=run.tenant_id,
-                step_seq=step_seq,
-                tool=tool.name,
-                tier=tool.tier,
-                arguments=canonical,
-                arg_hash=digest,
-                idempotency_key=key,
-                decision=decision,
-                decision_reason=decision_reason[:2000],
-                policy_version=policy_version,
-                state=state,
-            )
+        return _insert(
+            run=run,
+            tenant_id=run.tenant_id,
+            step_seq=step_seq,
+            tool=tool.name,
+            tier=tool.tier,
+            arguments=canonical,
+            arg_hash=digest,
+            idempotency_key=key,
+            decision=decision,
+            decision_reason=decision_reason[:2000],
+            policy_version=policy_version,
+            state=state,
+        )
     except IntegrityError:
         existing = ToolInvocation.objects.filter(
             Q(run=run, step_seq=step_seq) | Q(idempotency_key=key)
@@ -139,6 +141,60 @@ def invocation_propose(
             f"step {step_seq} of run {run.public_id} was already proposed with other arguments"
         )
     return existing
+
+
+def _insert(**fields: Any) -> ToolInvocation:
+    """INSERT one invocation (IntegrityError when (run, step) or the key already exists).
+
+    Outside a transaction this is one autocommitted statement (one round trip, one commit):
+    no BEGIN/COMMIT around it and no savepoint. Inside a caller's transaction a savepoint
+    keeps the caller's transaction usable after a conflict.
+    """
+    if connection.in_atomic_block:
+        with transaction.atomic():
+            return ToolInvocation.objects.create(**fields)
+    return ToolInvocation.objects.create(**fields)
+
+
+def invocation_start(
+    *,
+    run: AgentRun,
+    step_seq: int,
+    tool: Tool,
+    arguments: dict[str, Any],
+    lease_token: str,
+    decision: str,
+    decision_reason: str,
+    policy_version: int | None,
+) -> ToolInvocation | None:
+    """The fast path of an allowed call: insert the invocation already ``started`` and held
+    by ``lease_token``, in one committed statement, before the tool runs. The idempotency
+    key and the proposal are durable before any side effect, exactly as with
+    ``invocation_propose`` followed by the conditional start, minus two round trips and a
+    commit. Returns None when the step already has an invocation (a resumed run, a
+    redelivered message, an approval): the caller then takes the general path, which
+    looks it up and decides replay / in flight / conflict / resume after approval."""
+    canonical = json.loads(canonical_json(arguments))
+    digest = arguments_hash(canonical)
+    try:
+        return _insert(
+            run=run,
+            tenant_id=run.tenant_id,
+            step_seq=step_seq,
+            tool=tool.name,
+            tier=tool.tier,
+            arguments=canonical,
+            arg_hash=digest,
+            idempotency_key=_key(str(run.public_id), step_seq, digest),
+            decision=decision,
+            decision_reason=decision_reason[:2000],
+            policy_version=policy_version,
+            state=InvocationState.STARTED,
+            holder=lease_token,
+            started_at=timezone.now(),
+        )
+    except IntegrityError:
+        return None
 
 
 @contextlib.contextmanager
@@ -225,12 +281,18 @@ def broker_execute(
     lease_token: str,
     arguments: dict[str, Any] | None = None,
     check_switches=None,
+    already_started: bool = False,
 ) -> ToolOutcome:
     """Execute ``invocation`` at most once in effect, and return its outcome.
 
     ``check_switches`` is called right before the tool runs; it returns a refusal reason
-    (a kill switch engaged since the step began) or None.
+    (a kill switch engaged since the step began) or None. ``already_started``: the caller
+    inserted the invocation ``started`` under ``lease_token`` itself (``invocation_start``),
+    so the conditional start is already done and committed.
     """
+    if already_started:
+        return _run_started(invocation, run=run, tool=tool, lease_token=lease_token,
+                            check_switches=check_switches)
     arguments = invocation.arguments if arguments is None else arguments
     if invocation.state == InvocationState.SUCCEEDED:
         return ToolOutcome(
@@ -253,6 +315,14 @@ def broker_execute(
     invocation = _start(invocation, run=run, tool=tool, lease_token=lease_token, arguments=arguments)
     if invocation.state in (InvocationState.SUCCEEDED, InvocationState.FAILED, InvocationState.REFUSED):
         return broker_execute(run=run, invocation=invocation, tool=tool, lease_token=lease_token)
+    return _run_started(invocation, run=run, tool=tool, lease_token=lease_token,
+                        check_switches=check_switches)
+
+
+def _run_started(
+    invocation: ToolInvocation, *, run: AgentRun, tool: Tool, lease_token: str, check_switches=None
+) -> ToolOutcome:
+    """Run a call this lease holds in state ``started``: switch re-check, then the tool."""
     if invocation.state != InvocationState.STARTED or invocation.holder != lease_token:
         raise IdempotencyConflict(
             f"{tool.name} call {invocation.idempotency_key} is {invocation.state}; it cannot execute"

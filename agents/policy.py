@@ -278,17 +278,57 @@ def evaluate(rules: dict[str, Any], version: int | None, ctx: ActionContext) -> 
     return decision
 
 
-def active_policy() -> tuple[int | None, dict[str, Any] | None]:
-    from agents.models import Policy
+# Parsed and validated rules by the active row's raw JSON text: the row is read for every
+# decision (a deactivated or edited policy takes effect on the next decision), but each
+# distinct document is parsed and schema-validated once per process.
+_LOADED: dict[str, tuple[dict[str, Any], str | None]] = {}
 
-    row = Policy.objects.filter(is_active=True).values_list("version", "rules").first()
-    return (row[0], row[1]) if row else (None, None)
+
+# Served by the partial unique index exactly_one_active_policy (agents.Policy).
+_ACTIVE_SQL = 'SELECT version, rules FROM "agents_policy" WHERE is_active = %s ORDER BY version DESC LIMIT 1'
+
+
+def _active_row() -> tuple[int, Any] | None:
+    """(version, rules as the driver returns them) of the active policy: one lean query,
+    no ORM compilation (it runs before every tool call)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(_ACTIVE_SQL, [True])
+        return cursor.fetchone()
+
+
+def _load(raw: Any) -> tuple[dict[str, Any], str | None]:
+    """(rules, problem or None) for a rules document as read from the database."""
+    text = raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True, default=str)
+    loaded = _LOADED.get(text)
+    if loaded is None:
+        try:
+            rules = json.loads(text)
+            validate_rules(rules)
+            loaded = (rules, None)
+        except (ValueError, PolicyInvalid) as exc:
+            loaded = ({}, str(exc))
+        if len(_LOADED) > 64:
+            _LOADED.clear()
+        _LOADED[text] = loaded
+    return loaded
+
+
+def active_policy() -> tuple[int | None, dict[str, Any] | None]:
+    """(version, rules) of the active policy, or (None, None). The rules dict is shared
+    per process: read it, never mutate it."""
+    row = _active_row()
+    if row is None:
+        return None, None
+    rules, _ = _load(row[1])
+    return row[0], rules
 
 
 def decide(ctx: ActionContext) -> Decision:
     """The decision for one proposed action under the active policy. Fails closed."""
     try:
-        version, rules = active_policy()
+        row = _active_row()
     except Exception as exc:  # the policy store is unreachable: fail closed
         logger.exception("policy store unreachable")
         return Decision(
@@ -297,15 +337,18 @@ def decide(ctx: ActionContext) -> Decision:
             None,
             rule_id="fail-closed",
         )
-    if rules is None:
+    if row is None or row[1] is None:
         return Decision(
             DENY,
             "no active policy; failing closed. Activate one (seed_demo does).",
             None,
             rule_id="fail-closed",
         )
+    version = row[0]
     try:
-        validate_rules(rules)
+        rules, problem = _load(row[1])
+        if problem is not None:
+            raise PolicyInvalid(problem)
         return evaluate(rules, version, ctx)
     except Exception as exc:
         logger.error("policy v%s unusable: %s", version, exc)

@@ -44,7 +44,8 @@ from typing import Any
 import jsonschema
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import DateTimeField, F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents import broker, policy
@@ -126,6 +127,12 @@ def model_client_for(agent) -> ModelClient:
     route = list(agent.model_route or ["scripted"])
     if route[0] != "scripted" and route[0] in MODEL_CLIENTS:
         return MODEL_CLIENTS[route[0]](agent)
+    scripted = getattr(agent, "_acp_scripted_client", None)
+    if scripted is not None:
+        # Resolved earlier in this task execution (run_execute keeps one agent object per
+        # execution): no route configured, so the stateless scripted planner. Reading the
+        # route configuration scans the environment; once per execution is enough.
+        return scripted
     try:
         from agents.llm.router import client_for_agent
 
@@ -134,7 +141,12 @@ def model_client_for(agent) -> ModelClient:
         client = None
     except Exception as exc:  # ImproperlyConfigured: say what is wrong, fail the step
         raise ModelError(f"model routes for agent {agent.slug} are misconfigured: {exc}") from None
-    return client if client is not None else MODEL_CLIENTS["scripted"](agent)
+    if client is not None:
+        return client
+    client = MODEL_CLIENTS["scripted"](agent)
+    if type(client) is ScriptedSupportPlanner:  # stateless: safe to reuse for this execution
+        agent._acp_scripted_client = client
+    return client
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -146,6 +158,13 @@ def _lease_seconds() -> float:
 
 def run_claim(*, run_pk: int, worker: str = "") -> str | None:
     """Take the run's lease if nobody holds a live one. Returns the lease token or None."""
+    claimed = _claim(run_pk=run_pk, worker=worker)
+    return claimed[0] if claimed else None
+
+
+def _claim(*, run_pk: int, worker: str) -> tuple[str, AgentRun] | None:
+    """run_claim, also returning the run as committed by the claim (with its agent and
+    tenant), which is the first step's run: no second read."""
     now = timezone.now()
     token = secrets.token_hex(16)
     with transaction.atomic():
@@ -159,13 +178,12 @@ def run_claim(*, run_pk: int, worker: str = "") -> str | None:
             lease_owner=worker[:255],
             lease_expires_at=now + timedelta(seconds=_lease_seconds()),
             attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), Value(now, output_field=DateTimeField())),
             updated_at=now,
         )
         if not claimed:
             return None
-        run = AgentRun.objects.get(pk=run_pk)
-        if run.started_at is None:
-            AgentRun.objects.filter(pk=run_pk).update(started_at=now)
+        run = AgentRun.objects.select_related("agent", "tenant").get(pk=run_pk)
         audit_record(
             actor=Actor.run(run.public_id),
             action="run.started",
@@ -175,7 +193,7 @@ def run_claim(*, run_pk: int, worker: str = "") -> str | None:
             trace_id=run.trace_id,
             payload={"worker": worker, "attempt": run.attempts, "next_step": run.next_seq},
         )
-    return token
+    return token, run
 
 
 def run_execute(*, run_id: str, worker: str = "") -> str:
@@ -195,19 +213,24 @@ def run_execute(*, run_id: str, worker: str = "") -> str:
         logger.info("run %s: agent %s is paused; left queued", run_id, row[3])
         return RunStatus.QUEUED
     with trace_context(row[1]):
-        lease = run_claim(run_pk=row[0], worker=worker)
-        if lease is None:
+        claimed = _claim(run_pk=row[0], worker=worker)
+        if claimed is None:
             logger.info("run %s is held by another worker or not runnable", run_id)
             return BUSY
+        lease, run = claimed
+        # The run's agent definition and tenant do not change while it runs: read once per
+        # execution; the run row itself is re-read before every step.
+        agent, tenant = run.agent, run.tenant
         try:
             while True:
-                run = AgentRun.objects.select_related("agent", "tenant").get(pk=row[0])
                 if run.lease_token != lease or run.status != RunStatus.RUNNING:
                     return LEASE_LOST
                 outcome = _step(run, lease)
                 if outcome is not None:
                     logger.info("run %s -> %s", run_id, outcome)
                     return outcome
+                run = AgentRun.objects.get(pk=row[0])
+                run.agent, run.tenant = agent, tenant
         except LeaseLost:
             logger.info("run %s: lease lost (cancelled or taken over); stopping", run_id)
             return LEASE_LOST
@@ -545,7 +568,27 @@ def _think(run: AgentRun, lease: str, began: float) -> str | None:
         spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
         return _model_failed(run, lease, exc, calls, began)
     cost = sum((Decimal(str(c.cost_usd)) for c in calls), Decimal(0))
-    spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
+    written: list[bool] = []
+
+    def settle(step_row=None) -> None:
+        # Written in the step's own transaction (no commit of its own). Every path of
+        # _thought commits through it; when that transaction raises instead (lease lost,
+        # a database error), it rolled back with the step and is settled on its own.
+        spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
+        written.append(True)
+
+    try:
+        outcome = _thought(run, lease, began, request, calls, cost, settle)
+    except BaseException:
+        spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
+        raise
+    if not written:
+        spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
+    return outcome
+
+
+def _thought(run, lease, began, request, calls, cost, settle) -> str | None:
+    """Persist a model step (``settle`` writes the spend settlement in its transaction)."""
     response = calls[-1]
     action = response.action
     usage = _usage(calls)
@@ -581,6 +624,7 @@ def _think(run: AgentRun, lease: str, began: float) -> str | None:
             step=step,
             run_fields=run_fields,
             audits=[audit],
+            extra=settle,
         )
     if action["type"] == "handoff":
         reason = f"The agent handed off: {action['reason']}"
@@ -595,6 +639,7 @@ def _think(run: AgentRun, lease: str, began: float) -> str | None:
             step=step,
             run_fields=run_fields,
             audits=[audit],
+            extra=settle,
         )
     state = dict(run.state)
     state["pending"] = {
@@ -604,7 +649,7 @@ def _think(run: AgentRun, lease: str, began: float) -> str | None:
         "rationale": action.get("rationale", ""),
     }
     run_fields["state"] = state
-    _commit(run, lease, began=began, step=step, run_fields=run_fields, audits=[audit])
+    _commit(run, lease, began=began, step=step, run_fields=run_fields, audits=[audit], extra=settle)
     return None
 
 
@@ -763,14 +808,6 @@ def _act(
             },
         )
 
-    invocation = ToolInvocation.objects.filter(run=run, step_seq=pending["seq"]).first()
-    if invocation is not None and (
-        invocation.state
-        in (InvocationState.AWAITING_APPROVAL, InvocationState.APPROVED, InvocationState.REJECTED)
-        or invocation.approval_requests.exists()
-    ):
-        return _resume_after_approval(run, lease, pending, tool, invocation, began)
-
     # The switches read at the start of this step, matched for this tool and tier.
     switches = [
         s
@@ -791,6 +828,31 @@ def _act(
         forced_approval=forced,
     )
     decision = policy.decide(ctx)
+    if not blocking and decision.effect == policy.ALLOW:
+        # Fast path, the common case: a fresh step's invocation is inserted already started
+        # under this lease (one committed statement: key and proposal durable before the
+        # tool runs). A conflict means the step has an invocation already (resume,
+        # redelivery, approval): the general path below looks it up.
+        started = broker.invocation_start(
+            run=run,
+            step_seq=pending["seq"],
+            tool=tool,
+            arguments=arguments,
+            lease_token=lease,
+            decision=decision.effect,
+            decision_reason=decision.reason,
+            policy_version=decision.policy_version,
+        )
+        if started is not None:
+            return _execute(run, lease, pending, tool, started, decision, began, started=True)
+
+    invocation = ToolInvocation.objects.filter(run=run, step_seq=pending["seq"]).first()
+    if invocation is not None and (
+        invocation.state
+        in (InvocationState.AWAITING_APPROVAL, InvocationState.APPROVED, InvocationState.REJECTED)
+        or invocation.approval_requests.exists()
+    ):
+        return _resume_after_approval(run, lease, pending, tool, invocation, began)
     if blocking:
         return _refused(run, lease, pending, tool, decision, blocking[0], began)
     if decision.effect == policy.DENY:
@@ -1121,7 +1183,9 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
     )
 
 
-def _execute(run, lease, pending, tool, invocation, decision, began, arguments=None) -> str | None:
+def _execute(
+    run, lease, pending, tool, invocation, decision, began, arguments=None, started: bool = False
+) -> str | None:
     def recheck() -> str | None:
         # Again immediately before the tool runs: a switch flipped since the step began wins.
         # Write tools read the authority and fail closed when the switch store is unreachable.
@@ -1139,6 +1203,7 @@ def _execute(run, lease, pending, tool, invocation, decision, began, arguments=N
             lease_token=lease,
             arguments=arguments,
             check_switches=recheck,
+            already_started=started,
         )
     except broker.InFlight as exc:
         raise RetryLater(str(exc), countdown=tool.timeout_seconds) from None

@@ -331,6 +331,11 @@ def spend_reserve(*, tenant_id, amount: Decimal) -> tuple[bool, TenantSpend]:
     """Reserve ``amount`` of today's cap before a model call (a conditional UPDATE, so
     concurrent runs cannot overspend). Returns (reserved?, the day's row)."""
     day = timezone.now().date()
+    known = _SPEND_ROWS.get((str(tenant_id), day))
+    if known is not None and TenantSpend.objects.filter(
+        pk=known.pk, tenant_id=tenant_id, day=day, spent_usd__lte=F("cap_usd") - amount
+    ).update(spent_usd=F("spent_usd") + amount):
+        return True, known  # the usual case: one conditional UPDATE, no read
     row = TenantSpend.objects.filter(tenant_id=tenant_id, day=day).first()
     if row is None:
         try:
@@ -341,7 +346,15 @@ def spend_reserve(*, tenant_id, amount: Decimal) -> tuple[bool, TenantSpend]:
     reserved = TenantSpend.objects.filter(pk=row.pk, spent_usd__lte=F("cap_usd") - amount).update(
         spent_usd=F("spent_usd") + amount
     )
+    if len(_SPEND_ROWS) > 1024:
+        _SPEND_ROWS.clear()
+    _SPEND_ROWS[(str(tenant_id), day)] = row
     return bool(reserved), row
+
+
+# The day's spend row per tenant, per process: only its pk is used, and the conditional
+# UPDATE above also matches tenant and day, so a stale entry can only fall back to the read.
+_SPEND_ROWS: dict[tuple[str, Any], TenantSpend] = {}
 
 
 def spend_settle(*, spend_id: int, reserved: Decimal, actual: Decimal) -> None:

@@ -7,9 +7,10 @@ The same 5 ms tool (``time.sleep``) called
 - bare: the function itself;
 - governed: one tool step of the real step loop (``agents.runtime._step`` with the
   action pending): kill-switch and budget checks, JSON Schema validation, tenant facts,
-  the policy decision from the active policy row, the broker (invocation row with its
-  idempotency key, conditional start, switch re-check, signed credential, SIGALRM
-  timeout, tenacity), and the lease-fenced commit of the step, the invocation result,
+  the policy decision from the active policy row, the broker (invocation row inserted
+  ``started`` with its idempotency key and committed before the tool runs, switch
+  re-check, signed credential, SIGALRM timeout, tenacity), and the lease-fenced commit
+  of the step, the invocation result,
   the run's state and the audit event (hash chain).
 Reports p50/p95/mean of each, the overhead (governed - bare) and the ratio.
 Uses its own database (``--db``, default ``acp_bench_runtime``), dropped at the end.

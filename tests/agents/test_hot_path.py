@@ -1,0 +1,120 @@
+"""The cheap paths of the step loop keep the invariants of the slow ones.
+
+An allowed call inserts its invocation already ``started`` (one committed statement before
+the tool runs); a step that already has an invocation (a resumed run, a redelivered
+message) falls back to the general path. A model step's spend settlement is written in the
+step's own transaction, and on its own when that transaction does not commit.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from agents import broker, runtime
+from agents.models import AgentRun, InvocationState, RunStatus, StepKind, TenantSpend, ToolInvocation
+from agents.tools import get_tool
+from audit.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+QUESTION = "What plan is customer C-1002 on?"
+
+
+def _planned(start_run) -> tuple[AgentRun, str, dict]:
+    """A run claimed by this test with its first model step committed: a lookup pending."""
+    run = start_run(QUESTION)
+    lease, run = runtime._claim(run_pk=run.pk, worker="pytest")
+    assert runtime._step(run, lease) is None
+    run = AgentRun.objects.select_related("agent", "tenant").get(pk=run.pk)
+    pending = run.state["pending"]
+    assert pending["tool"] == "lookup_subscription"
+    return run, lease, pending
+
+
+def _started_elsewhere(run: AgentRun, pending: dict) -> ToolInvocation:
+    invocation = broker.invocation_start(
+        run=run,
+        step_seq=pending["seq"],
+        tool=get_tool(pending["tool"]),
+        arguments=pending["arguments"],
+        lease_token="another-worker",
+        decision="allow",
+        decision_reason="default for tier read",
+        policy_version=1,
+    )
+    assert invocation is not None and invocation.state == InvocationState.STARTED
+    return invocation
+
+
+def test_allowed_call_is_committed_started_before_the_tool_runs(start_run):
+    run, lease, pending = _planned(start_run)
+    assert runtime._step(run, lease) is None
+    invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
+    assert invocation.state == InvocationState.SUCCEEDED and invocation.holder == lease
+    assert invocation.idempotency_key == broker.idempotency_key_for(
+        run_public_id=str(run.public_id), step_seq=pending["seq"], arguments=pending["arguments"]
+    )
+    assert invocation.result["customer"] == "C-1002" and invocation.attempts == 1
+    # a second insert for the same step is refused: the general path takes over
+    assert _try_start_again(run, pending) is None
+
+
+def _try_start_again(run, pending):
+    return broker.invocation_start(
+        run=run,
+        step_seq=pending["seq"],
+        tool=get_tool(pending["tool"]),
+        arguments=pending["arguments"],
+        lease_token="late",
+        decision="allow",
+        decision_reason="",
+        policy_version=1,
+    )
+
+
+def test_resumed_step_does_not_start_a_call_in_flight_elsewhere(start_run):
+    run, lease, pending = _planned(start_run)
+    _started_elsewhere(run, pending)
+    with pytest.raises(runtime.RetryLater):
+        runtime._step(run, lease)
+    invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
+    assert invocation.state == InvocationState.STARTED and invocation.holder == "another-worker"
+    assert not run.steps.filter(kind=StepKind.TOOL).exists()
+
+
+def test_resumed_step_replays_a_finished_call_instead_of_acting_again(start_run):
+    run, lease, pending = _planned(start_run)
+    invocation = _started_elsewhere(run, pending)
+    stored = {"customer": "C-1002", "stored": "by the first execution"}
+    ToolInvocation.objects.filter(pk=invocation.pk).update(
+        state=InvocationState.SUCCEEDED, result=stored, attempts=1
+    )
+    assert runtime._step(run, lease) is None
+    tool_step = run.steps.get(kind=StepKind.TOOL)
+    assert tool_step.output["replayed"] is True and tool_step.output["result"] == stored
+    assert AuditEvent.objects.filter(action="tool.replayed", trace_id=run.trace_id).exists()
+    # not executed again: the stored result stands (a real lookup never returns "stored")
+    assert ToolInvocation.objects.get(pk=invocation.pk).result == stored
+
+
+def test_spend_is_settled_exactly_once_per_model_step(start_run, step):
+    run = step(start_run(QUESTION))
+    assert run.status == RunStatus.SUCCEEDED
+    model_cost = sum(run.steps.filter(kind=StepKind.MODEL).values_list("cost_usd", flat=True))
+    assert model_cost > 0
+    # every reservation replaced by the actual cost: nothing left reserved, nothing refunded twice
+    assert TenantSpend.objects.get(tenant_id=run.tenant_id).spent_usd == model_cost == run.cost_usd
+
+
+def test_spend_is_settled_when_the_step_commit_loses_its_lease(start_run):
+    run = start_run(QUESTION)
+    lease, run = runtime._claim(run_pk=run.pk, worker="pytest")
+    AgentRun.objects.filter(pk=run.pk).update(lease_token="taken-over")
+    with pytest.raises(runtime.LeaseLost):
+        runtime._step(run, lease)
+    assert not run.steps.exists()
+    spent = TenantSpend.objects.get(tenant_id=run.tenant_id).spent_usd
+    # the model call's actual cost, not the reservation left behind (nor zero)
+    assert Decimal(0) < spent < runtime._reserve_estimate()
