@@ -40,10 +40,13 @@ def test_start_a_run_approve_it_as_a_lead_and_see_it_finish(runtime, start_worke
     lead = page_for("lead")
     lead.goto("/approvals/")
     request = ApprovalRequest.objects.get(run__public_id=run_id)
+    expect(lead.locator(f"[data-request='{request.id}']")).to_be_visible()
+    screenshot(lead, "approvals")
     lead.click(f"[data-request='{request.id}'] [data-testid=open-request]")
     claim = lead.locator("[data-testid=claim]")
     if claim.count():
         claim.click()
+    screenshot(lead, "approval-detail")
     lead.fill("#approve-reason", "duplicate charge confirmed")
     lead.click("[data-testid=approve]")
     expect(lead.locator("[data-testid=status]")).to_have_text(re.compile("approved"), timeout=15000)
