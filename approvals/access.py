@@ -23,7 +23,9 @@ def request_for_viewer(*, user, request_id: str) -> ApprovalRequest:
     """The request, if its queue is one the user holds and its tenant one they belong to."""
     pk = _uuid(request_id, "approval request")
     request = (
-        ApprovalRequest.objects.select_related("queue", "run", "claimed_by", "escalated_from", "edited_by")
+        ApprovalRequest.objects.select_related(
+            "queue", "run", "tenant", "claimed_by", "escalated_from", "edited_by"
+        )
         .filter(pk=pk)
         .first()
     )
