@@ -133,6 +133,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    "ninja",  # serves the API docs' Swagger assets from static/, not a CDN
     "template_partials",
     "guardian",
     "pgtrigger",
