@@ -32,6 +32,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from agents import hotsql
 from agents.credentials import CredentialError, credential_issue
 from agents.models import AgentRun, InvocationState, ToolInvocation
 from agents.tools.registry import Tool, ToolContext, ToolError, ToolTimeout
@@ -176,25 +177,26 @@ def invocation_start(
     looks it up and decides replay / in flight / conflict / resume after approval."""
     canonical = json.loads(canonical_json(arguments))
     digest = arguments_hash(canonical)
-    try:
-        return _insert(
-            run=run,
-            tenant_id=run.tenant_id,
-            step_seq=step_seq,
-            tool=tool.name,
-            tier=tool.tier,
-            arguments=canonical,
-            arg_hash=digest,
-            idempotency_key=_key(str(run.public_id), step_seq, digest),
-            decision=decision,
-            decision_reason=decision_reason[:2000],
-            policy_version=policy_version,
-            state=InvocationState.STARTED,
-            holder=lease_token,
-            started_at=timezone.now(),
-        )
-    except IntegrityError:
-        return None
+    now = timezone.now()
+    # Hand-written INSERT ... ON CONFLICT DO NOTHING (agents.hotsql): no ORM compilation,
+    # and a conflict is a row count of 0 rather than an error (no savepoint needed).
+    return hotsql.invocation_insert(
+        run=run,
+        tenant_id=run.tenant_id,
+        step_seq=step_seq,
+        tool=tool.name,
+        tier=tool.tier,
+        arguments=canonical,
+        arg_hash=digest,
+        idempotency_key=_key(str(run.public_id), step_seq, digest),
+        decision=decision,
+        decision_reason=decision_reason[:2000],
+        policy_version=policy_version,
+        state=InvocationState.STARTED,
+        holder=lease_token,
+        started_at=now,
+        created_at=now,
+    )
 
 
 @contextlib.contextmanager

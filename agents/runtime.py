@@ -44,11 +44,10 @@ from typing import Any
 import jsonschema
 from django.conf import settings
 from django.db import transaction
-from django.db.models import DateTimeField, F, Q, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F
 from django.utils import timezone
 
-from agents import broker, policy
+from agents import broker, hotsql, policy
 from agents import switches as switch_state
 from agents.llm.base import (
     ACTION_SCHEMA,
@@ -168,18 +167,13 @@ def _claim(*, run_pk: int, worker: str) -> tuple[str, AgentRun] | None:
     now = timezone.now()
     token = secrets.token_hex(16)
     with transaction.atomic():
-        claimed = AgentRun.objects.filter(
-            Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now),
-            pk=run_pk,
-            status__in=[RunStatus.QUEUED, RunStatus.RUNNING],
-        ).update(
-            status=RunStatus.RUNNING,
-            lease_token=token,
-            lease_owner=worker[:255],
-            lease_expires_at=now + timedelta(seconds=_lease_seconds()),
-            attempts=F("attempts") + 1,
-            started_at=Coalesce(F("started_at"), Value(now, output_field=DateTimeField())),
-            updated_at=now,
+        # queued or running, lease free or expired (hand-written conditional UPDATE)
+        claimed = hotsql.run_claim(
+            run_pk=run_pk,
+            token=token,
+            worker=worker[:255],
+            now=now,
+            expires=now + timedelta(seconds=_lease_seconds()),
         )
         if not claimed:
             return None
@@ -199,11 +193,7 @@ def _claim(*, run_pk: int, worker: str) -> tuple[str, AgentRun] | None:
 def run_execute(*, run_id: str, worker: str = "") -> str:
     """Step the run until it parks or ends. Safe to call twice at once: one wins the lease,
     the other returns BUSY. Returns the run's status, BUSY, RETRY_LATER or LEASE_LOST."""
-    row = (
-        AgentRun.objects.filter(public_id=run_id)
-        .values_list("pk", "trace_id", "status", "agent__slug")
-        .first()
-    )
+    row = hotsql.run_head(run_id)  # (pk, trace_id, status, agent slug)
     if row is None:
         logger.warning("run %s does not exist; nothing to do", run_id)
         return BUSY
@@ -229,7 +219,9 @@ def run_execute(*, run_id: str, worker: str = "") -> str:
                 if outcome is not None:
                     logger.info("run %s -> %s", run_id, outcome)
                     return outcome
-                run = AgentRun.objects.get(pk=row[0])
+                run = hotsql.run_fetch(row[0])  # AgentRun.objects.get without compiling it
+                if run is None:
+                    return LEASE_LOST
                 run.agent, run.tenant = agent, tenant
         except LeaseLost:
             logger.info("run %s: lease lost (cancelled or taken over); stopping", run_id)
@@ -337,10 +329,13 @@ def _commit(
     status: str | None = None,
     release: bool = False,
     audits: list[dict[str, Any]] = (),
-    extra: Callable[[Step | None], None] | None = None,
-) -> Step | None:
-    """Persist one step atomically: the run row (fenced by the lease), the step, extra
-    writes and the audit events. Raises LeaseLost (and writes nothing) when the lease is gone."""
+    extra: Callable[[int | None], None] | None = None,
+    invocation: tuple[Any, dict[str, Any]] | None = None,
+) -> int | None:
+    """Persist one step atomically: the run row (fenced by the lease), the step, the
+    invocation's outcome (``invocation``: its pk and columns), extra writes and the audit
+    events. Raises LeaseLost (and writes nothing) when the lease is gone. Returns the
+    step's id; ``extra`` is called with it inside the transaction."""
     now = timezone.now()
     elapsed_ms = (time.perf_counter() - began) * 1000
     fields: dict[str, Any] = dict(run_fields or {})
@@ -353,19 +348,28 @@ def _commit(
         fields.update(lease_token="", lease_owner="", lease_expires_at=None)
     else:
         fields["lease_expires_at"] = now + timedelta(seconds=_lease_seconds())
+    if step is not None:
+        step.setdefault("started_at", now - timedelta(milliseconds=elapsed_ms))
+        step.setdefault("duration_ms", elapsed_ms)
+        step.setdefault("span_id", _span())
+        # Redacted and bounded, encoded to JSON once (stored as that text).
+        step["input"] = _bounded_json(redact(step.get("input", {})))
+        step["output"] = _bounded_json(redact(step.get("output", {})))
     with transaction.atomic():
-        if not AgentRun.objects.filter(pk=run.pk, lease_token=lease, status=RunStatus.RUNNING).update(
-            **fields
-        ):
+        written = hotsql.step_write(
+            run_pk=run.pk,
+            lease=lease,
+            run_fields=fields,
+            step=step,
+            seq=run.next_seq,
+            trace_id=run.trace_id,
+            invocation=invocation,
+        )
+        if written is None:  # a value the hand-written SQL does not handle: the ORM
+            written = _write_orm(run, lease, fields, step, invocation)
+        fenced, row = written
+        if not fenced:
             raise LeaseLost(str(run.public_id))
-        row = None
-        if step is not None:
-            step.setdefault("started_at", now - timedelta(milliseconds=elapsed_ms))
-            step.setdefault("duration_ms", elapsed_ms)
-            step.setdefault("span_id", _span())
-            step["input"] = _bounded(redact(step.get("input", {})))
-            step["output"] = _bounded(redact(step.get("output", {})))
-            row = Step.objects.create(run=run, seq=run.next_seq, trace_id=run.trace_id, **step)
         if extra is not None:
             extra(row)
         for event in audits:
@@ -381,11 +385,32 @@ def _commit(
     return row
 
 
+def _write_orm(run, lease, fields, step, invocation) -> tuple[bool, int | None]:
+    """The same writes as ``hotsql.step_write`` through the ORM (any other expression)."""
+    if not AgentRun.objects.filter(pk=run.pk, lease_token=lease, status=RunStatus.RUNNING).update(**fields):
+        return False, None
+    row = None
+    if step is not None:
+        values = {k: (json.loads(v) if isinstance(v, hotsql.Json) else v) for k, v in step.items()}
+        row = Step.objects.create(run=run, seq=run.next_seq, trace_id=run.trace_id, **values).pk
+    if invocation is not None:
+        ToolInvocation.objects.filter(pk=invocation[0]).update(**invocation[1])
+    return True, row
+
+
 def _bounded(value: Any, limit: int = 16_000) -> Any:
     text = json.dumps(value, default=str)
     if len(text) <= limit:
         return value
     return {"truncated": True, "size": len(text), "preview": text[:limit]}
+
+
+def _bounded_json(value: Any, limit: int = 16_000) -> hotsql.Json:
+    """``_bounded`` encoded: the JSON text of the value, or of its truncation."""
+    text = json.dumps(value, default=str)
+    if len(text) <= limit:
+        return hotsql.Json(text)
+    return hotsql.json_text({"truncated": True, "size": len(text), "preview": text[:limit]})
 
 
 def _observations(run: AgentRun) -> list[dict[str, Any]]:
@@ -1258,7 +1283,13 @@ def _execute(
         state = _observe(run, pending, ok=True, result=outcome.result, decision=decision.effect)
         try:
             _commit(
-                run, lease, began=began, step=step, run_fields={"state": state}, extra=record, audits=audits
+                run,
+                lease,
+                began=began,
+                step=step,
+                run_fields={"state": state},
+                invocation=(inv_pk, finish),
+                audits=audits,
             )
         except LeaseLost:
             # The side effect happened: record it on the invocation even though the run moved on.

@@ -21,6 +21,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Least
 from django.utils import timezone
 
+from agents import hotsql
 from agents.models import (
     ACTIVE_RUN_STATUSES,
     Agent,
@@ -332,10 +333,15 @@ def spend_reserve(*, tenant_id, amount: Decimal) -> tuple[bool, TenantSpend]:
     concurrent runs cannot overspend). Returns (reserved?, the day's row)."""
     day = timezone.now().date()
     known = _SPEND_ROWS.get((str(tenant_id), day))
-    if known is not None and TenantSpend.objects.filter(
-        pk=known.pk, tenant_id=tenant_id, day=day, spent_usd__lte=F("cap_usd") - amount
-    ).update(spent_usd=F("spent_usd") + amount):
-        return True, known  # the usual case: one conditional UPDATE, no read
+    if known is not None:
+        # the usual case: one conditional UPDATE, no read (hand-written on PostgreSQL)
+        added = hotsql.spend_add(spend_id=known.pk, tenant_id=tenant_id, day=day, amount=amount)
+        if added is None:
+            added = TenantSpend.objects.filter(
+                pk=known.pk, tenant_id=tenant_id, day=day, spent_usd__lte=F("cap_usd") - amount
+            ).update(spent_usd=F("spent_usd") + amount)
+        if added:
+            return True, known
     row = TenantSpend.objects.filter(tenant_id=tenant_id, day=day).first()
     if row is None:
         try:
@@ -360,7 +366,7 @@ _SPEND_ROWS: dict[tuple[str, Any], TenantSpend] = {}
 def spend_settle(*, spend_id: int, reserved: Decimal, actual: Decimal) -> None:
     """Replace a reservation by the actual cost (never beyond the cap, never below 0)."""
     delta = actual - reserved
-    if delta:
+    if delta and not hotsql.spend_adjust(spend_id=spend_id, delta=delta):
         TenantSpend.objects.filter(pk=spend_id).update(spent_usd=Least(F("spent_usd") + delta, F("cap_usd")))
 
 

@@ -118,3 +118,67 @@ def test_spend_is_settled_when_the_step_commit_loses_its_lease(start_run):
     spent = TenantSpend.objects.get(tenant_id=run.tenant_id).spent_usd
     # the model call's actual cost, not the reservation left behind (nor zero)
     assert Decimal(0) < spent < runtime._reserve_estimate()
+
+
+def test_hand_written_step_write_stores_what_the_orm_would(start_run):
+    run, lease, pending = _planned(start_run)
+    before = AgentRun.objects.get(pk=run.pk)
+    assert runtime._step(run, lease) is None
+    after = AgentRun.objects.get(pk=run.pk)
+    assert after.next_seq == before.next_seq + 1 and after.wall_ms > before.wall_ms
+    assert after.lease_token == lease and after.lease_expires_at > before.lease_expires_at
+    assert "pending" not in after.state and after.state["observations"][0]["ok"] is True
+    tool_step = run.steps.get(kind=StepKind.TOOL)
+    invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
+    assert tool_step.seq == before.next_seq and tool_step.trace_id == run.trace_id
+    assert tool_step.invocation_id == invocation.pk and tool_step.policy_decision == "allow"
+    # JSON columns are documents (not strings), redacted and bounded as before
+    assert tool_step.input == {"arguments": pending["arguments"], "tier": "read"}
+    assert tool_step.output["result"]["customer"] == "C-1002"
+    assert tool_step.output["idempotency_key"] == invocation.idempotency_key
+    assert tool_step.started_at <= after.updated_at and tool_step.duration_ms > 0
+    assert invocation.finished_at is not None and invocation.latency_ms > 0
+    assert invocation.created_at is not None and invocation.tenant_id == run.tenant_id
+
+
+def test_tool_step_that_loses_its_lease_writes_no_step_but_records_the_outcome(start_run):
+    run, lease, pending = _planned(start_run)
+    steps = run.steps.count()
+    events = AuditEvent.objects.filter(trace_id=run.trace_id).count()
+
+    original = get_tool(pending["tool"]).func
+
+    def take_over_then_run(ctx, arguments):  # another worker takes the run mid-call
+        AgentRun.objects.filter(pk=run.pk).update(lease_token="taken-over")
+        return original(ctx, arguments)
+
+    tool = get_tool(pending["tool"])
+    object.__setattr__(tool, "func", take_over_then_run)  # Tool is frozen; restored below
+    try:
+        with pytest.raises(runtime.LeaseLost):
+            runtime._step(run, lease)
+    finally:
+        object.__setattr__(tool, "func", original)
+    assert run.steps.count() == steps  # fenced: no step, no audit event
+    assert AuditEvent.objects.filter(trace_id=run.trace_id).count() == events
+    invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
+    assert invocation.state == InvocationState.SUCCEEDED  # the side effect is on record
+
+
+def test_unsupported_expression_falls_back_to_the_orm(start_run):
+    from django.db import transaction
+    from django.db.models import F
+
+    from agents import hotsql
+
+    run, lease, _ = _planned(start_run)
+    with transaction.atomic():
+        assert hotsql.step_write(
+            run_pk=run.pk, lease=lease, run_fields={"wall_ms": F("wall_ms") * 2}, step=None,
+            seq=run.next_seq, trace_id=run.trace_id,
+        ) is None
+        ok, step_id = hotsql.step_write(
+            run_pk=run.pk, lease="wrong", run_fields={"wall_ms": F("wall_ms") + 1.0}, step=None,
+            seq=run.next_seq, trace_id=run.trace_id,
+        )
+    assert ok is False and step_id is None
