@@ -1306,39 +1306,20 @@ def _execute(
     ]
     if outcome.failure_class == FailureClass.DATA:
         return _repair(run, lease, pending, began, error, step=step, extra=record, audits=audits)
+    message = error.get("message")
     if outcome.failure_class == FailureClass.POLICY:
-        return _finish(
-            run,
-            lease,
-            RunStatus.KILLED,
-            f"{tool.name} refused: {error.get('message')}",
-            began=began,
-            failure_class=FailureClass.POLICY,
-            handoff=True,
-            step=step,
-            extra=record,
-            audits=audits,
-        )
-    if outcome.failure_class == FailureClass.LOGIC:
-        return _finish(
-            run,
-            lease,
-            RunStatus.FAILED,
-            f"{tool.name} failed: {error.get('message')}",
-            began=began,
-            failure_class=FailureClass.LOGIC,
-            handoff=True,
-            step=step,
-            extra=record,
-            audits=audits,
-        )
-    # tool / network: the broker already retried within bounds; a human takes over.
+        status, reason = RunStatus.KILLED, f"{tool.name} refused: {message}"
+    elif outcome.failure_class == FailureClass.LOGIC:
+        status, reason = RunStatus.FAILED, f"{tool.name} failed: {message}"
+    else:  # tool / network: the broker already retried within bounds; a human takes over.
+        status = RunStatus.HANDED_OFF
+        reason = (f"{tool.name} failed after {outcome.attempts} attempt(s) "
+                  f"({outcome.failure_class}): {message}")
     return _finish(
         run,
         lease,
-        RunStatus.HANDED_OFF,
-        f"{tool.name} failed after {outcome.attempts} attempt(s) ({outcome.failure_class}): "
-        f"{error.get('message')}",
+        status,
+        reason,
         began=began,
         failure_class=outcome.failure_class,
         handoff=True,
@@ -1346,7 +1327,6 @@ def _execute(
         extra=record,
         audits=audits,
     )
-
 
 __all__ = [
     "BUSY",

@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 
 from console.selectors import percentile
-from tests.agents import conftest as _fx
 from tests.agents.conftest import REFUND
-
-runtime = _fx.runtime
-start_run = _fx.start_run
-step = _fx.step
 
 pytestmark = pytest.mark.django_db
 

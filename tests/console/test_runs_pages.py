@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.models import AgentRun
-from tests.agents import conftest as _fx
 from tests.agents.conftest import REFUND
-
-pending_request = _fx.pending_request
-runtime = _fx.runtime
-start_run = _fx.start_run
-step = _fx.step
 
 pytestmark = pytest.mark.django_db
 QUESTION = "What plan is customer C-1002 on?"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.agents.conftest import REFUND, pending_request, runtime, start_run, step  # noqa: F401
+from tests.agents.conftest import REFUND  # noqa: F401  (runtime fixtures live in tests/conftest.py)
 
 QUESTION = "What plan is customer C-1002 on?"
 
