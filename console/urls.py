@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.http import HttpRequest
 from django.urls import include, path, re_path
 
-from console import views
+from console import views, views_tokens
 from console.api import api, error_response
 
 
@@ -19,6 +19,9 @@ urlpatterns = [
     path("switches/<str:scope>/<str:target>/flip/", views.switch_flip, name="switch_flip"),
     path("runs/", views.runs_page, name="runs"),
     path("runs/<uuid:public_id>/", views.run_detail, name="run_detail"),
+    path("tokens/", views_tokens.tokens_page, name="tokens"),
+    path("tokens/new/", views_tokens.token_create, name="token_create"),
+    path("tokens/<str:prefix>/revoke/", views_tokens.token_revoke_view, name="token_revoke"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True),
          name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
