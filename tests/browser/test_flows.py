@@ -11,12 +11,10 @@ from playwright.sync_api import expect
 
 from agents.models import AgentRun, CreditLedger, RunStatus
 from approvals.models import ApprovalRequest
-from tests.agents import conftest as _fx
+from tests.agents.conftest import REFUND
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-runtime = _fx.runtime
-REFUND = _fx.REFUND
 QUESTION = "What plan is customer C-1002 on?"
 
 
