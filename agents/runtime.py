@@ -884,15 +884,7 @@ def _act(
         return _denied(run, lease, pending, tool, decision, began)
     if decision.effect == policy.REQUIRE_APPROVAL:
         return _park(run, lease, pending, tool, decision, began, invocation)
-    invocation = invocation or broker.invocation_propose(
-        run=run,
-        step_seq=pending["seq"],
-        tool=tool,
-        arguments=arguments,
-        decision=decision.effect,
-        decision_reason=decision.reason,
-        policy_version=decision.policy_version,
-    )
+    invocation = invocation or _propose(run, pending, tool, decision, arguments=arguments)
     return _execute(run, lease, pending, tool, invocation, decision, began)
 
 
@@ -968,17 +960,23 @@ def _policy_audit(pending, decision) -> dict[str, Any]:
     }
 
 
-def _denied(run, lease, pending, tool, decision, began) -> str:
-    invocation = broker.invocation_propose(
+def _propose(run, pending, tool, decision, *, arguments=None, state=InvocationState.PROPOSED):
+    """Record the proposed call of this step with the policy decision it got (idempotent:
+    the same step and arguments find the existing invocation)."""
+    return broker.invocation_propose(
         run=run,
         step_seq=pending["seq"],
         tool=tool,
-        arguments=pending["arguments"],
+        arguments=pending["arguments"] if arguments is None else arguments,
         decision=decision.effect,
         decision_reason=decision.reason,
         policy_version=decision.policy_version,
-        state=InvocationState.DENIED,
+        state=state,
     )
+
+
+def _denied(run, lease, pending, tool, decision, began) -> str:
+    invocation = _propose(run, pending, tool, decision, state=InvocationState.DENIED)
     step = _policy_step(
         pending,
         tool,
@@ -1008,16 +1006,7 @@ def _denied(run, lease, pending, tool, decision, began) -> str:
 
 
 def _refused(run, lease, pending, tool, decision, switch, began) -> str:
-    invocation = broker.invocation_propose(
-        run=run,
-        step_seq=pending["seq"],
-        tool=tool,
-        arguments=pending["arguments"],
-        decision=decision.effect,
-        decision_reason=decision.reason,
-        policy_version=decision.policy_version,
-        state=InvocationState.REFUSED,
-    )
+    invocation = _propose(run, pending, tool, decision, state=InvocationState.REFUSED)
     reason = f"{tool.name} refused: kill switch {switch} is engaged ({switch.reason})"
     step = _policy_step(
         pending,
@@ -1050,16 +1039,7 @@ def _park(run, lease, pending, tool, decision, began, invocation) -> str:
     """require_approval: create the request a reviewer needs and release the worker."""
     from approvals.services import QueueFull, approval_request_create
 
-    invocation = invocation or broker.invocation_propose(
-        run=run,
-        step_seq=pending["seq"],
-        tool=tool,
-        arguments=pending["arguments"],
-        decision=decision.effect,
-        decision_reason=decision.reason,
-        policy_version=decision.policy_version,
-        state=InvocationState.AWAITING_APPROVAL,
-    )
+    invocation = invocation or _propose(run, pending, tool, decision, state=InvocationState.AWAITING_APPROVAL)
     created: dict[str, Any] = {}
 
     def create_request(step_row):
