@@ -194,6 +194,21 @@ def draft_reply(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _refuse_if_switched(tool: str) -> None:
+    """Strict kill-switch check for tools that write the product's own tables: called inside
+    the write's transaction, under the switch lock a flip also takes, so a flip that
+    committed first always wins (see agents.services.switches_active_for)."""
+    from agents.services import switches_active_for
+
+    blocking = [s for s in switches_active_for(tool=tool, strict=True) if s.scope in ("global", "tool")]
+    if blocking:
+        raise ToolError(
+            f"{tool} refused: kill switch {blocking[0]} is engaged ({blocking[0].reason})",
+            failure_class="policy",
+            code="switch_engaged",
+        )
+
+
 def _test_hold(name: str) -> None:
     """Test-only: block after the write committed while ``$ACP_TEST_HOLD_DIR/hold`` exists.
 
@@ -230,22 +245,10 @@ def _test_hold(name: str) -> None:
     },
 )
 def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
-    from agents.services import switches_active_for
-
     claims = ctx.claims("apply_credit")
     customer = _customer(claims, args["customer"])
     with transaction.atomic():
-        # Strict: the switch check and the ledger write share one transaction; a switch
-        # flip that committed first is always seen here (see switches_active_for).
-        blocking = [
-            s for s in switches_active_for(tool="apply_credit", strict=True) if s.scope in ("global", "tool")
-        ]
-        if blocking:
-            raise ToolError(
-                f"apply_credit refused: kill switch {blocking[0]} is engaged ({blocking[0].reason})",
-                failure_class="policy",
-                code="switch_engaged",
-            )
+        _refuse_if_switched("apply_credit")
         entry = CreditLedger.objects.filter(idempotency_key=ctx.idempotency_key).first()
         replayed = entry is not None
         if entry is None:
@@ -316,6 +319,7 @@ def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
 def update_account_status(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     claims = ctx.claims("update_account_status")
     with transaction.atomic():
+        _refuse_if_switched("update_account_status")
         customer = (
             Customer.objects.select_for_update()
             .filter(tenant_id=claims.tenant_id, code=args["customer"])

@@ -283,6 +283,45 @@ def test_strict_check_in_the_credit_transaction_sees_a_committed_flip(
     assert not CreditLedger.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("message", "tool", "queue_user"),
+    [(REFUND, "apply_credit", "lead"),
+     ("Please suspend customer C-1003's account, fraud suspected", "update_account_status", "accounts")],
+)
+def test_every_write_to_our_own_tables_rechecks_switches_in_its_transaction(
+    start_run, step, pending_request, seeded, operator, message, tool, queue_user
+):
+    """Engaged after the broker's pre-execution check: the tool's in-transaction re-read
+    still refuses, for the credit ledger and for account status changes alike."""
+    from agents import runtime as rt
+    from agents.models import AccountChange, Customer
+
+    run = step(start_run(message))
+    assert run.status == RunStatus.WAITING_APPROVAL, run.terminal_reason
+    approval_decide(actor=seeded["users"][queue_user], request=pending_request(run),
+                    decision="approve", reason="ok")
+    original = rt.switches_active_for
+    flipped = []
+
+    def late_flip(**kwargs):
+        found = original(**kwargs)
+        if kwargs.get("tool") == tool and not flipped:
+            flipped.append(True)
+            switch_engage(actor=operator, scope="tool", target=tool, reason="flipped late")
+        return found
+
+    rt.switches_active_for = late_flip
+    try:
+        run = step(run)
+    finally:
+        rt.switches_active_for = original
+    assert flipped and run.status == RunStatus.KILLED
+    assert f"{tool} refused: kill switch tool:{tool}" in run.terminal_reason
+    assert not CreditLedger.objects.exists()
+    assert not AccountChange.objects.exists()
+    assert not Customer.objects.exclude(status="active").exists()
+
+
 # --- policies and database guards -------------------------------------------------------
 
 
