@@ -293,6 +293,15 @@ def policy_create(
         )
         if activate:
             _activate(actor=actor, policy=policy)
+        audit_record(
+            actor=actor,
+            action="policy.created",
+            object_type="policy",
+            object_id=policy.version,
+            policy_version=policy.version,
+            payload={"version": policy.version, "description": policy.description,
+                     "activated": activate, "rules": rules},
+        )
     return policy
 
 

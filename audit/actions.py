@@ -29,6 +29,7 @@ ACTIONS: dict[str, str] = {
     "run.budget_exhausted": "A run hit a hard budget.",
     "run.killed": "A run was stopped by a kill switch.",
     "policy.decided": "The policy engine decided on a proposed action.",
+    "policy.created": "A new policy version was stored.",
     "policy.activated": "A policy version was activated.",
     "tool.executed": "A tool ran and returned a result.",
     "tool.failed": "A tool call failed.",

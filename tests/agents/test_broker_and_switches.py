@@ -334,6 +334,10 @@ def test_exactly_one_policy_is_active(runtime, operator):
         Policy.objects.filter(version=1).update(is_active=True)
     with pytest.raises(InvalidInput, match="policy rules invalid"):
         policy_create(actor=operator, rules={"tiers": {}, "rules": []})
+    created = AuditEvent.objects.filter(action="policy.created")
+    assert list(created.values_list("object_id", flat=True)) == [str(v.version) for v in
+                                                                  Policy.objects.order_by("version")]
+    assert created.get(object_id=str(v2.version)).actor_label == "operator"
 
 
 @postgres_only
