@@ -44,6 +44,23 @@ IN_FLIGHT_GRACE_SECONDS = 2.0
 RETRY_WAIT = wait_exponential(multiplier=0.05, min=0.05, max=2.0)
 
 
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ToolError) and exc.retryable
+
+
+# The retry policy's parts are stateless, so they are built once; only the Retrying object
+# (which holds the per-call statistics) is new for every call.
+RETRY_IF = retry_if_exception(_retryable)
+_STOPS: dict[int, stop_after_attempt] = {}
+
+
+def _stop_after(attempts: int) -> stop_after_attempt:
+    stop = _STOPS.get(attempts)
+    if stop is None:
+        stop = _STOPS[attempts] = stop_after_attempt(attempts)
+    return stop
+
+
 class InFlight(Exception):
     """Another worker is executing this very call right now; do not start it twice."""
 
@@ -60,8 +77,13 @@ class OutcomeUnknown(Exception):
     failure_class = "tool"
 
 
+# One encoder, built once: json.dumps with these options builds a new JSONEncoder per call.
+# The output is identical (same options, the C encoder either way).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
 def arguments_hash(arguments: dict[str, Any]) -> str:
@@ -181,6 +203,10 @@ def invocation_start(
     # Hand-written INSERT ... ON CONFLICT DO NOTHING (agents.hotsql): no ORM compilation,
     # and a conflict is a row count of 0 rather than an error (no savepoint needed).
     return hotsql.invocation_insert(
+        # Durable before the tool runs when the tool can change anything. A pure read (tier
+        # "read", no side effects) commits without waiting for the flush: losing the row in
+        # a server crash only means the read runs again when the run resumes.
+        durable=tool.side_effects or tool.tier != "read",
         run=run,
         tenant_id=run.tenant_id,
         step_seq=step_seq,
@@ -251,12 +277,11 @@ def _start(
     fields: dict[str, Any] = {"state": InvocationState.STARTED, "holder": lease_token, "started_at": now}
     canonical = json.loads(canonical_json(arguments))
     if canonical != invocation.arguments:  # approved with edited arguments
+        digest = arguments_hash(canonical)
         fields.update(
             arguments=canonical,
-            arg_hash=arguments_hash(canonical),
-            idempotency_key=idempotency_key_for(
-                run_public_id=str(run.public_id), step_seq=invocation.step_seq, arguments=canonical
-            ),
+            arg_hash=digest,
+            idempotency_key=_key(str(run.public_id), invocation.step_seq, digest),
         )
     was_in_flight = invocation.state == InvocationState.STARTED
     updated = ToolInvocation.objects.filter(startable, pk=invocation.pk).update(**fields)
@@ -373,14 +398,12 @@ def _run_started(
 
     retry_safe = tool.idempotent or not tool.side_effects
     try:
-        for try_ in Retrying(
-            stop=stop_after_attempt(tool.max_attempts if retry_safe else 1),
+        raw = Retrying(
+            stop=_stop_after(tool.max_attempts if retry_safe else 1),
             wait=RETRY_WAIT,
-            retry=retry_if_exception(lambda e: isinstance(e, ToolError) and e.retryable),
+            retry=RETRY_IF,
             reraise=True,
-        ):
-            with try_:
-                raw = attempt()
+        )(attempt)
     except ToolError as exc:
         latency = (time.perf_counter() - began) * 1000
         logger.warning(

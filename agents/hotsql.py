@@ -23,15 +23,27 @@ caller uses the ORM. The column lists are read once per process from the models.
 from __future__ import annotations
 
 import json
-from functools import cache
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from functools import cache, lru_cache
 from typing import Any
 
-from django.db import connection
+import psycopg
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import F, Value
 from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
 from agents.models import AgentRun, RunStatus, Step, ToolInvocation
+from audit.services import STAGE_COLUMNS, chain_events_json, stage_params
+
+_STAGE_COLUMNS = ", ".join(STAGE_COLUMNS)
+# one VALUES row of audit_stage, typed (VALUES columns are not typed by the target table)
+_STAGE_ROW = ", ".join(
+    "%s::uuid" if c in ("event_id", "tenant_id") else "%s::jsonb" if c == "payload" else "%s::text"
+    for c in STAGE_COLUMNS
+)
 
 _UNSUPPORTED = object()
 
@@ -53,26 +65,76 @@ def _fields(model) -> dict[str, Any]:
 _QUOTED: dict[tuple[str, str], str] = {}
 
 
-def _quote(name: str) -> str:
-    key = (connection.vendor, name)
+def _db():
+    """The default connection itself: ``django.db.connection`` is a proxy that looks the
+    connection up in a context-local on every attribute access (~3 us, ~100 per step)."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
+def _quote(name: str, conn=None) -> str:
+    conn = conn or _db()
+    key = (conn.vendor, name)
     quoted = _QUOTED.get(key)
     if quoted is None:
-        quoted = _QUOTED[key] = connection.ops.quote_name(name)
+        quoted = _QUOTED[key] = conn.ops.quote_name(name)
     return quoted
 
 
-def _param(field, value) -> tuple[str, Any]:
+# Per field kind, the value types for which ``get_db_prep_save`` returns the value itself
+# on PostgreSQL (tests/agents/test_hot_path.py checks every field of the hot models against
+# the ORM); None is passed through for every kind listed.
+_INT = (int,)
+_IDENTITY_TYPES: dict[str, tuple[type, ...]] = {
+    "CharField": (str,), "TextField": (str,), "BooleanField": (bool,), "FloatField": (float,),
+    "DecimalField": (Decimal,), "UUIDField": (uuid.UUID,), "DateTimeField": (datetime,),
+    "AutoField": _INT, "BigAutoField": _INT, "BigIntegerField": _INT, "IntegerField": _INT,
+    "PositiveIntegerField": _INT, "PositiveBigIntegerField": _INT,
+    "PositiveSmallIntegerField": _INT, "SmallIntegerField": _INT,
+}
+
+
+@cache
+def _identity_types(field) -> tuple[type, ...] | None:
+    target = field.target_field if field.is_relation else field
+    return _IDENTITY_TYPES.get(target.get_internal_type())
+
+
+@cache
+def _internal_type(field) -> str:
+    return (field.target_field if field.is_relation else field).get_internal_type()
+
+
+def _prep(field, value, conn):
+    """``field.get_db_prep_save(value, conn)``, skipped where it is the identity (integers:
+    only the backend's sized wrapper, as the ORM applies it)."""
+    if conn.vendor == "postgresql":
+        kinds = _identity_types(field)
+        if kinds is not None:
+            if value is None:
+                return value
+            kind = type(value)
+            if kind in kinds and (kind is not datetime or value.tzinfo is not None):
+                if kinds is _INT:
+                    sized = conn.ops.integerfield_type_map.get(_internal_type(field))
+                    return value if sized is None else sized(value)
+                return value
+    return field.get_db_prep_save(value, conn)
+
+
+def _param(field, value, conn=None) -> tuple[str, Any]:
     """The placeholder and the parameter for ``value`` in ``field``'s column."""
+    conn = conn or _db()
     if isinstance(value, Json):
-        if connection.vendor == "postgresql":
+        if conn.vendor == "postgresql":
             return "%s::jsonb", str(value)
         return "%s", str(value)
-    return "%s", field.get_db_prep_save(value, connection)
+    return "%s", _prep(field, value, conn)
 
 
 def _set_clause(model, values: dict[str, Any]) -> tuple[str, list[Any]] | None:
     """``col = %s, col = col + %s, ...`` for plain values and self-increments; None for
     anything else (the caller falls back to the ORM)."""
+    conn = _db()
     fields = _fields(model)
     parts: list[str] = []
     params: list[Any] = []
@@ -80,7 +142,7 @@ def _set_clause(model, values: dict[str, Any]) -> tuple[str, list[Any]] | None:
         field = fields.get(name)
         if field is None:
             return None
-        column = _quote(field.column)
+        column = _quote(field.column, conn)
         if isinstance(value, CombinedExpression):
             lhs, rhs = value.lhs, value.rhs
             if not (
@@ -92,11 +154,11 @@ def _set_clause(model, values: dict[str, Any]) -> tuple[str, list[Any]] | None:
             ):
                 return None
             parts.append(f"{column} = {column} + %s")
-            params.append(field.get_db_prep_save(rhs.value, connection))
+            params.append(_prep(field, rhs.value, conn))
             continue
         if hasattr(value, "resolve_expression"):
             return None
-        holder, param = _param(field, value)
+        holder, param = _param(field, value, conn)
         parts.append(f"{column} = {holder}")
         params.append(param)
     return ", ".join(parts), params
@@ -113,6 +175,7 @@ def _step_values(step: dict[str, Any], *, run_pk: int, seq: int, trace_id: str):
     invocation = values.pop("invocation", None)
     values["invocation_id"] = getattr(invocation, "pk", invocation)
     values.update(run_id=run_pk, seq=seq, trace_id=trace_id)
+    conn = _db()
     columns, holders, params = [], [], []
     for field in _step_columns():
         if field.attname in values:
@@ -123,8 +186,8 @@ def _step_values(step: dict[str, Any], *, run_pk: int, seq: int, trace_id: str):
             value = field.get_default()
         if hasattr(value, "resolve_expression"):
             return None
-        holder, param = _param(field, value)
-        columns.append(_quote(field.column))
+        holder, param = _param(field, value, conn)
+        columns.append(_quote(field.column, conn))
         holders.append(holder)
         params.append(param)
     return columns, holders, params
@@ -139,10 +202,25 @@ def step_write(
     seq: int,
     trace_id: str,
     invocation: tuple[Any, dict[str, Any]] | None = None,
+    audit_events: list[dict[str, Any]] | None = None,
+    async_commit: bool = False,
+    spend: tuple[int, Any] | None = None,
 ) -> tuple[bool, int | None] | None:
     """Inside the caller's transaction: the fenced run UPDATE, the step INSERT and the
     invocation outcome UPDATE. Returns (fenced ok, step id), or None when a value needs
-    the ORM (nothing was written then)."""
+    the ORM (nothing was written then).
+
+    ``audit_events`` (PostgreSQL only; fields prepared by ``audit.services.audit_fields``)
+    are staged in the same statement, also only when the fence holds: called outside a
+    transaction, the step, its run, its invocation and its audit events are then one
+    autocommitted statement -- one round trip, one commit, at which the audit trigger
+    chains the events (audit migration 0003). ``spend`` (PostgreSQL): (day's spend row,
+    delta) -- ``spend_adjust`` in the same statement, when the fence holds. ``async_commit`` (PostgreSQL) sets
+    ``synchronous_commit = off`` for the transaction the statement is in: only for writes
+    whose loss in a server crash recovery already handles (``runtime._commit``)."""
+    conn = _db()
+    if (audit_events or spend) and conn.vendor != "postgresql":
+        raise ValueError("audit events and spend join the step statement on PostgreSQL only")
     run_set = _set_clause(AgentRun, run_fields)
     if run_set is None:
         return None
@@ -156,37 +234,63 @@ def step_write(
         inv_set = _set_clause(ToolInvocation, invocation[1])
         if inv_set is None:
             return None
-    run_table = _quote(AgentRun._meta.db_table)
-    fence = f"WHERE {_quote('id')} = %s AND {_quote('lease_token')} = %s AND {_quote('status')} = %s"
+    run_table = _quote(AgentRun._meta.db_table, conn)
+    fence = (f"WHERE {_quote('id', conn)} = %s AND {_quote('lease_token', conn)} = %s "
+             f"AND {_quote('status', conn)} = %s")
     fence_params = [run_pk, lease, RunStatus.RUNNING.value]
-    step_table = _quote(Step._meta.db_table)
-    inv_table = _quote(ToolInvocation._meta.db_table)
+    step_table = _quote(Step._meta.db_table, conn)
+    inv_table = _quote(ToolInvocation._meta.db_table, conn)
     inv_pk_field = _fields(ToolInvocation)["id"]
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            sql = [f"WITH r AS (UPDATE {run_table} SET {run_set[0]} {fence} RETURNING id)"]
-            params: list[Any] = [*run_set[1], *fence_params]
-            if step_cols is not None:
-                cols, holders, values = step_cols
-                sql.append(
-                    f", s AS (INSERT INTO {step_table} ({', '.join(cols)}) "
-                    f"SELECT {', '.join(holders)} FROM r RETURNING id)"
-                )
-                params += values
-            if inv_set is not None:
-                sql.append(
-                    f", i AS (UPDATE {inv_table} SET {inv_set[0]} WHERE id = %s "
-                    "AND EXISTS (SELECT 1 FROM r) RETURNING id)"
-                )
-                params += [*inv_set[1], inv_pk_field.get_db_prep_save(invocation[0], connection)]
+    if conn.vendor == "postgresql":
+        sql = [f"WITH r AS (UPDATE {run_table} SET {run_set[0]} {fence} RETURNING id)"]
+        params: list[Any] = [*run_set[1], *fence_params]
+        if step_cols is not None:
+            cols, holders, values = step_cols
             sql.append(
-                "SELECT (SELECT count(*) FROM r), "
-                + ("(SELECT id FROM s)" if step_cols is not None else "NULL")
-                + (", (SELECT count(*) FROM i)" if inv_set is not None else "")
+                f", s AS (INSERT INTO {step_table} ({', '.join(cols)}) "
+                f"SELECT {', '.join(holders)} FROM r RETURNING id)"
             )
-            cursor.execute(" ".join(sql), params)
-            row = cursor.fetchone()
-            return bool(row[0]), row[1]
+            params += values
+        if inv_set is not None:
+            sql.append(
+                f", i AS (UPDATE {inv_table} SET {inv_set[0]} WHERE id = %s "
+                "AND EXISTS (SELECT 1 FROM r) RETURNING id)"
+            )
+            params += [*inv_set[1], _prep(inv_pk_field, invocation[0], conn)]
+        if spend is not None:
+            sql.append(
+                ", m AS (UPDATE agents_tenantspend SET spent_usd = LEAST(spent_usd + %s, "
+                "cap_usd) WHERE id = %s AND EXISTS (SELECT 1 FROM r) RETURNING id)"
+            )
+            params += [spend[1], spend[0]]
+        chain_now = bool(audit_events) and not conn.in_atomic_block
+        if audit_events and not chain_now:
+            # inside a caller's transaction: staged, chained by the COMMIT trigger. ONE
+            # insert, rows in the order given (data-modifying CTEs run in no defined order;
+            # the chain must follow the events' order)
+            rows = ", ".join(f"({_STAGE_ROW}, {n})" for n in range(len(audit_events)))
+            sql.append(
+                f", a AS (INSERT INTO audit_stage ({_STAGE_COLUMNS}) "
+                f"SELECT {_STAGE_COLUMNS} FROM (VALUES {rows}) AS v({_STAGE_COLUMNS}, n) "
+                "WHERE EXISTS (SELECT 1 FROM r) ORDER BY n)"
+            )
+            for fields in audit_events:
+                params += stage_params(fields)
+        sql.append(
+            "SELECT (SELECT count(*) FROM r), "
+            + ("(SELECT id FROM s)" if step_cols is not None else "NULL")
+            + (", (SELECT count(*) FROM i)" if inv_set is not None else "")
+            + (", set_config('synchronous_commit', 'off', true)" if async_commit else "")
+            # the statement is its own transaction: append the events at its end, in
+            # order, only when the fence held (audit migration 0003)
+            + (", (SELECT audit_chain_append_many(%s::jsonb) FROM r)" if chain_now else "")
+        )
+        if chain_now:
+            params.append(chain_events_json(audit_events))
+        with _pg_execute(" ".join(sql), params) as pg:
+            row = pg.fetchone()
+        return bool(row[0]), row[1]
+    with conn.cursor() as cursor:
         cursor.execute(f"UPDATE {run_table} SET {run_set[0]} {fence}", [*run_set[1], *fence_params])
         if cursor.rowcount != 1:
             return False, None
@@ -205,15 +309,20 @@ def step_write(
         return True, step_id
 
 
-def invocation_insert(**values: Any) -> ToolInvocation | None:
+def invocation_insert(*, durable: bool = True, **values: Any) -> ToolInvocation | None:
     """INSERT one invocation unless (run, step) or its key exists already (then None): one
     statement, autocommitted outside a transaction, no savepoint needed inside one (a
-    conflict is not an error). ``values`` as for ``ToolInvocation(**values)``."""
+    conflict is not an error). ``values`` as for ``ToolInvocation(**values)``.
+
+    ``durable=False`` (PostgreSQL, outside a transaction): the commit does not wait for the
+    WAL flush. For calls of tools without side effects only (the broker decides): losing
+    the row in a server crash just means the read runs again on resume."""
     invocation = ToolInvocation(**values)
     values = {"id": invocation.id, **values}
     if values.get("created_at") is None:
         values["created_at"] = timezone.now()
     invocation.created_at = values["created_at"]
+    conn = _db()
     columns, holders, params = [], [], []
     for field in ToolInvocation._meta.concrete_fields:
         value = values[field.attname] if field.attname in values else values.get(field.name, _UNSUPPORTED)
@@ -221,22 +330,53 @@ def invocation_insert(**values: Any) -> ToolInvocation | None:
             value = field.get_default()
         if hasattr(value, "pk") and field.is_relation:
             value = value.pk
-        holder, param = _param(field, value)
-        columns.append(_quote(field.column))
+        holder, param = _param(field, value, conn)
+        columns.append(_quote(field.column, conn))
         holders.append(holder)
         params.append(param)
     sql = (
-        f"INSERT INTO {_quote(ToolInvocation._meta.db_table)} ({', '.join(columns)}) "
+        f"INSERT INTO {_quote(ToolInvocation._meta.db_table, conn)} ({', '.join(columns)}) "
         f"VALUES ({', '.join(holders)}) ON CONFLICT DO NOTHING"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        inserted = cursor.rowcount == 1
+    if conn.vendor == "postgresql":
+        if not durable and not conn.in_atomic_block:
+            # evaluated only for an inserted row; local to this statement's own transaction
+            sql += " RETURNING set_config('synchronous_commit', 'off', true)"
+        with _pg_execute(sql, params) as cursor:
+            inserted = cursor.rowcount == 1
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            inserted = cursor.rowcount == 1
     if not inserted:
         return None
     invocation._state.adding = False
-    invocation._state.db = connection.alias
+    invocation._state.db = conn.alias
     return invocation
+
+
+@lru_cache(maxsize=512)
+def _numbered(sql: str) -> str:
+    """``%s`` placeholders as ``$1, $2, ...`` (the SQL here has no other ``%``): psycopg's
+    own conversion is cached only for statements under 50 parameters and 4 kB, and the
+    step statement is longer, so it would be re-parsed on every step."""
+    parts = sql.split("%s")
+    return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, 1))
+
+
+def _pg_execute(sql: str, params: list[Any]):
+    """PostgreSQL: execute with server-side binding -- the values travel apart from the
+    text, so they are not quoted into it in Python, and psycopg prepares a statement it
+    has seen ``prepare_threshold`` times (connection OPTIONS; None turns preparing off,
+    e.g. behind a transaction-mode pooler) so the server skips parsing and planning it.
+    Django's connection uses client-side binding for everything else. Returns the cursor."""
+    conn = _db()
+    conn.ensure_connection()
+    conn.validate_thread_sharing()
+    with conn.wrap_database_errors:
+        cursor = psycopg.RawCursor(conn.connection)
+        cursor.execute(_numbered(sql), params)
+    return cursor
 
 
 def json_text(value: Any) -> Json:
@@ -270,6 +410,37 @@ def run_fetch(pk: int) -> AgentRun | None:
     if converters:
         row = next(iter(compiler.apply_converters([row], converters)))
     return AgentRun.from_db(connection.alias, list(names), list(row))
+
+
+@cache
+def _switch_select() -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    from agents.models import KillSwitch
+
+    fields = tuple(KillSwitch._meta.concrete_fields)
+    table = _quote(KillSwitch._meta.db_table)
+    columns = ", ".join(f"{table}.{_quote(f.column)}" for f in fields)
+    sql = (f"SELECT {columns} FROM {table} WHERE {table}.{_quote('engaged')} "
+           f"AND ({table}.{_quote('expires_at')} IS NULL OR {table}.{_quote('expires_at')} > %s)")
+    return sql, tuple(f.attname for f in fields), tuple(f.get_col(KillSwitch._meta.db_table) for f in fields)
+
+
+def switches_engaged(now) -> list:
+    """Every engaged, unexpired switch -- the ORM query of ``services.switches_engaged``
+    without compiling it (write tools read the switch table before every call)."""
+    from agents.models import KillSwitch
+
+    sql, names, cols = _switch_select()
+    expires_at = _fields(KillSwitch)["expires_at"]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [expires_at.get_db_prep_value(now, connection)])
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    compiler = KillSwitch.objects.none().query.get_compiler(connection=connection)
+    converters = compiler.get_converters(cols)
+    if converters:
+        rows = list(compiler.apply_converters(rows, converters))
+    return [KillSwitch.from_db(connection.alias, list(names), list(row)) for row in rows]
 
 
 def spend_add(*, spend_id: int, tenant_id: Any, day: Any, amount: Any) -> bool | None:

@@ -223,8 +223,11 @@ class AgentRun(models.Model):
                                     name="uniq_run_idempotency_key_per_requester"),
         ]
         indexes = [
-            # serves: the sweeper ("running/queued runs whose lease expired")
-            models.Index(fields=["status", "lease_expires_at"], name="run_status_lease"),
+            # serves: the sweeper ("running/queued runs whose lease expired"). Only the few
+            # active runs, and not lease_expires_at: a step renews the lease, and an update
+            # that changes no indexed column can be HOT (no index entry per step).
+            models.Index(fields=["status"], name="run_active_status",
+                         condition=Q(status__in=["queued", "running"])),
             # serves: run lists per tenant, newest first
             models.Index(fields=["tenant", "-created_at"], name="run_tenant_created"),
         ]
@@ -255,7 +258,8 @@ class Step(models.Model):
     """One persisted step of a run: a model call, a tool span, an approval wait."""
 
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(AgentRun, on_delete=models.CASCADE, related_name="steps")
+    # no index of its own: uniq_step_run_seq (run, seq) serves every lookup by run
+    run = models.ForeignKey(AgentRun, on_delete=models.CASCADE, related_name="steps", db_index=False)
     seq = models.PositiveIntegerField()
     kind = models.CharField(max_length=16, choices=StepKind.choices)
     name = models.CharField(max_length=64, blank=True)
@@ -306,7 +310,9 @@ class ToolInvocation(models.Model):
     message, a retry or a resumed run finds the row and returns its stored result."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    run = models.ForeignKey(AgentRun, on_delete=models.PROTECT, related_name="invocations")
+    # no index of its own: uniq_invocation_run_step (run, step_seq) serves lookups by run
+    run = models.ForeignKey(AgentRun, on_delete=models.PROTECT, related_name="invocations",
+                            db_index=False)
     tenant = models.ForeignKey("console.Tenant", on_delete=models.PROTECT, related_name="+")
     step_seq = models.PositiveIntegerField()  # the model step that proposed it
     tool = models.CharField(max_length=64)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,10 +279,13 @@ def evaluate(rules: dict[str, Any], version: int | None, ctx: ActionContext) -> 
     return decision
 
 
-# Parsed and validated rules by the active row's raw JSON text: the row is read for every
-# decision (a deactivated or edited policy takes effect on the next decision), but each
-# distinct document is parsed and schema-validated once per process.
+# Parsed and validated rules by the active row's raw JSON text: each distinct document is
+# parsed and schema-validated once per process.
 _LOADED: dict[str, tuple[dict[str, Any], str | None]] = {}
+
+# The active row as last read, with the switch version token read just before it and when
+# (see _current_row).
+_ACTIVE: tuple[str, float, tuple[int, Any] | None] | None = None
 
 
 # Served by the partial unique index exactly_one_active_policy (agents.Policy).
@@ -296,6 +300,48 @@ def _active_row() -> tuple[int, Any] | None:
     with connection.cursor() as cursor:
         cursor.execute(_ACTIVE_SQL, [True])
         return cursor.fetchone()
+
+
+def _current_row() -> tuple[int, Any] | None:
+    """The active row for a decision, without a database round trip when nothing changed.
+
+    A policy is activated only through ``agents.services`` (``policy_create(activate=True)``,
+    ``policy_activate``), which bumps the kill switches' version key (``agents.switches``,
+    one Redis ``GET`` or one read of the shared file cache) once the activation has
+    committed. So the row read under version token T stays the active row for as long as
+    the key still reads T: every decision reads the key (now, not at the start of the step)
+    and reuses the row only when it is unchanged, so an activation is seen by the next
+    decision of every process, as when the row itself was read. The row is always read
+    after the token, so a row cached under T is never older than T. Fallbacks, as for the
+    switches: the row is re-read at least every ``SWITCHES_CACHE_TTL_SECONDS`` (bounds a
+    missed bump and an edit of the table that bypasses the services), on every decision
+    while the version store cannot be read, and inside a transaction (the caller may have
+    just changed the table).
+    """
+    global _ACTIVE
+    from django.db import connection
+
+    from agents import switches
+
+    if connection.in_atomic_block:
+        return _active_row()
+    try:
+        token = switches.read_version()
+    except switches.SwitchStoreUnavailable:
+        return _active_row()  # switches log the outage; the database is the authority
+    now = time.monotonic()
+    cached = _ACTIVE
+    if cached is not None and cached[0] == token and now - cached[1] < switches.cache_ttl():
+        return cached[2]
+    row = _active_row()
+    _ACTIVE = (token, now, None if row is None else (row[0], row[1]))
+    return row
+
+
+def invalidate_local() -> None:
+    """Forget the cached active row (the next decision reads it)."""
+    global _ACTIVE
+    _ACTIVE = None
 
 
 def _load(raw: Any) -> tuple[dict[str, Any], str | None]:
@@ -328,7 +374,7 @@ def active_policy() -> tuple[int | None, dict[str, Any] | None]:
 def decide(ctx: ActionContext) -> Decision:
     """The decision for one proposed action under the active policy. Fails closed."""
     try:
-        row = _active_row()
+        row = _current_row()
     except Exception as exc:  # the policy store is unreachable: fail closed
         logger.exception("policy store unreachable")
         return Decision(

@@ -43,7 +43,7 @@ from typing import Any
 
 import jsonschema
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -76,7 +76,7 @@ from agents.planner import ScriptedSupportPlanner
 from agents.services import spend_reserve, spend_settle, switches_active_for
 from agents.tools import get_tool
 from audit.redaction import redact
-from audit.services import Actor, audit_record
+from audit.services import Actor, audit_fields, audit_record, audit_write
 from console.tracing import trace_context
 
 logger = logging.getLogger(__name__)
@@ -331,11 +331,20 @@ def _commit(
     audits: list[dict[str, Any]] = (),
     extra: Callable[[int | None], None] | None = None,
     invocation: tuple[Any, dict[str, Any]] | None = None,
+    durable_before_return: bool = True,
 ) -> int | None:
     """Persist one step atomically: the run row (fenced by the lease), the step, the
     invocation's outcome (``invocation``: its pk and columns), extra writes and the audit
     events. Raises LeaseLost (and writes nothing) when the lease is gone. Returns the
-    step's id; ``extra`` is called with it inside the transaction."""
+    step's id; ``extra`` is called with it inside the transaction.
+
+    ``durable_before_return=False`` (the outcome of a tool call that succeeded, on
+    PostgreSQL): the commit does not wait for the WAL flush. If the server crashes before
+    the flush, the step is lost exactly as if the worker had died just before committing
+    it -- the invocation row, committed durably as ``started`` before the tool ran, makes
+    the resumed run replay the call under the same idempotency key (no second side
+    effect), and the step's audit event is lost with the step (never one without the
+    other). The next durable commit flushes it anyway (WAL is written in order)."""
     now = timezone.now()
     elapsed_ms = (time.perf_counter() - began) * 1000
     fields: dict[str, Any] = dict(run_fields or {})
@@ -355,32 +364,46 @@ def _commit(
         # Redacted and bounded, encoded to JSON once (stored as that text).
         step["input"] = _bounded_json(redact(step.get("input", {})))
         step["output"] = _bounded_json(redact(step.get("output", {})))
-    with transaction.atomic():
-        written = hotsql.step_write(
-            run_pk=run.pk,
-            lease=lease,
-            run_fields=fields,
-            step=step,
-            seq=run.next_seq,
+    events = [
+        audit_fields(
+            actor=Actor.run(run.public_id),
+            tenant=run.tenant_id,
+            object_type="run",
+            object_id=run.public_id,
             trace_id=run.trace_id,
-            invocation=invocation,
+            **event,
         )
-        if written is None:  # a value the hand-written SQL does not handle: the ORM
-            written = _write_orm(run, lease, fields, step, invocation)
-        fenced, row = written
-        if not fenced:
-            raise LeaseLost(str(run.public_id))
-        if extra is not None:
-            extra(row)
-        for event in audits:
-            audit_record(
-                actor=Actor.run(run.public_id),
-                tenant=run.tenant_id,
-                object_type="run",
-                object_id=run.public_id,
-                trace_id=run.trace_id,
-                **event,
-            )
+        for event in audits
+    ]
+    written = None
+    rows = dict(run_pk=run.pk, lease=lease, run_fields=fields, step=step, seq=run.next_seq,
+                trace_id=run.trace_id, invocation=invocation)
+    spend = extra if isinstance(extra, SpendSettle) else None
+    if (extra is None or spend is not None) and connection.vendor == "postgresql":
+        # The common step: run row, step, invocation outcome and audit events in ONE
+        # statement (autocommitted unless the caller holds a transaction): one round trip.
+        written = hotsql.step_write(
+            **rows,
+            audit_events=events,
+            spend=(spend.spend_id, spend.delta) if spend is not None and spend.delta else None,
+            # never for a caller's own transaction: SET LOCAL would reach all of it
+            async_commit=not durable_before_return and not connection.in_atomic_block,
+        )
+        if written is not None and written[0] and spend is not None:
+            spend.written = True
+    if written is None:
+        with transaction.atomic():
+            written = hotsql.step_write(**rows)
+            if written is None:  # a value the hand-written SQL does not handle: the ORM
+                written = _write_orm(run, lease, fields, step, invocation)
+            if written[0]:
+                if extra is not None:
+                    extra(written[1])
+                for event in events:
+                    audit_write(event)
+    fenced, row = written
+    if not fenced:
+        raise LeaseLost(str(run.public_id))
     run.next_seq += 1 if step is not None else 0
     return row
 
@@ -593,23 +616,33 @@ def _think(run: AgentRun, lease: str, began: float) -> str | None:
         spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
         return _model_failed(run, lease, exc, calls, began)
     cost = sum((Decimal(str(c.cost_usd)) for c in calls), Decimal(0))
-    written: list[bool] = []
-
-    def settle(step_row=None) -> None:
-        # Written in the step's own transaction (no commit of its own). Every path of
-        # _thought commits through it; when that transaction raises instead (lease lost,
-        # a database error), it rolled back with the step and is settled on its own.
-        spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
-        written.append(True)
-
+    # Written in the step's own transaction (no commit of its own). Every path of
+    # _thought commits through it; when that transaction raises instead (lease lost, a
+    # database error), it rolled back with the step and is settled on its own.
+    settle = SpendSettle(spend_id=spend.pk, reserved=estimate, actual=cost)
     try:
         outcome = _thought(run, lease, began, request, calls, cost, settle)
     except BaseException:
         spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
         raise
-    if not written:
+    if not settle.written:
         spend_settle(spend_id=spend.pk, reserved=estimate, actual=cost)
     return outcome
+
+
+class SpendSettle:
+    """A model step's spend settlement, written in the step's transaction: as an
+    ``extra`` hook (any backend), or -- when it is the only extra -- as one more part of
+    the step's single statement on PostgreSQL (``hotsql.step_write``)."""
+
+    def __init__(self, *, spend_id: int, reserved: Decimal, actual: Decimal):
+        self.spend_id, self.delta = spend_id, actual - reserved
+        self.reserved, self.actual = reserved, actual
+        self.written = False
+
+    def __call__(self, step_row=None) -> None:
+        spend_settle(spend_id=self.spend_id, reserved=self.reserved, actual=self.actual)
+        self.written = True
 
 
 def _thought(run, lease, began, request, calls, cost, settle) -> str | None:
@@ -1270,6 +1303,7 @@ def _execute(
                 run_fields={"state": state},
                 invocation=(inv_pk, finish),
                 audits=audits,
+                durable_before_return=False,  # see _commit: recovery replays the call
             )
         except LeaseLost:
             # The side effect happened: record it on the invocation even though the run moved on.

@@ -58,10 +58,9 @@ def _lock_switches(*, shared: bool) -> None:
 
 def switches_engaged() -> list[KillSwitch]:
     """Every engaged, unexpired switch (a handful of rows; partial index switch_engaged)."""
-    now = timezone.now()
-    return list(
-        KillSwitch.objects.filter(engaged=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-    )
+    # KillSwitch.objects.filter(engaged=True).filter(Q(expires_at__isnull=True) |
+    # Q(expires_at__gt=now)), hand-written (read before every write tool call)
+    return hotsql.switches_engaged(timezone.now())
 
 
 def switches_active_for(
@@ -311,6 +310,9 @@ def _activate(*, actor: Any, policy: Policy) -> None:
     )
     Policy.objects.filter(is_active=True).exclude(pk=policy.pk).update(is_active=False)
     Policy.objects.filter(pk=policy.pk).update(is_active=True, activated_at=timezone.now())
+    from agents import switches  # every process caches the active row against its version key
+
+    transaction.on_commit(switches.bump_version)  # (agents.policy): seen once committed
     audit_record(
         actor=actor,
         action="policy.activated",

@@ -10,6 +10,8 @@ one transaction each, audited). Workers read it through this module:
   embedded default, one read of the shared file cache. Every flip bumps the version inside
   its transaction and again after commit, so a worker's next check after the commit
   re-reads the table. Inside a transaction (tests, services) the table is read directly.
+  A policy activation bumps it too (after commit): ``agents.policy`` keeps the active
+  policy row per process against the same key.
 - ``tool_gate()`` -- immediately before a tool executes. Read tools use ``engaged()``;
   write tools read the table itself (the authority, a handful of rows on a partial index)
   and *fail closed* when the switch store cannot be reached: a worker that cannot confirm
@@ -33,8 +35,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
-from django.db.models import Q
 from django.utils import timezone
 
 from agents.models import KillSwitch, SwitchScope
@@ -88,8 +90,6 @@ def read_version() -> str:
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
             raise SwitchStoreUnavailable(f"switch store at {_safe_url()} unreachable: {exc}") from None
         return raw.decode() if raw else "0"
-    from django.core.cache import cache
-
     try:
         return str(cache.get(VERSION_KEY) or "0")
     except Exception as exc:
@@ -104,12 +104,10 @@ def bump_version() -> None:
         if _redis_url():
             _client().set(VERSION_KEY, token)
         else:
-            from django.core.cache import cache
-
             cache.set(VERSION_KEY, token, timeout=None)
     except Exception:
         logger.warning(
-            "could not bump the switch version; workers catch up within %ss", _ttl(), exc_info=True
+            "could not bump the switch version; workers catch up within %ss", cache_ttl(), exc_info=True
         )
 
 
@@ -127,7 +125,8 @@ def _safe_url() -> str:
     return f"{parsed.hostname}:{parsed.port or 6379}"
 
 
-def _ttl() -> float:
+def cache_ttl() -> float:
+    """How long a per-process copy may be trusted without a bump (the fallback)."""
     return float(getattr(settings, "SWITCHES_CACHE_TTL_SECONDS", 2.0))
 
 
@@ -135,10 +134,9 @@ def _ttl() -> float:
 
 
 def _from_db() -> list[KillSwitch]:
-    now = timezone.now()
-    return list(
-        KillSwitch.objects.filter(engaged=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-    )
+    from agents import hotsql  # the ORM query, hand-written (agents.services.switches_engaged)
+
+    return hotsql.switches_engaged(timezone.now())
 
 
 def _unexpired(rows: list[KillSwitch]) -> list[KillSwitch]:
@@ -160,7 +158,7 @@ def engaged(*, fresh: bool = False) -> list[KillSwitch]:
     _local.degraded = False
     now = time.monotonic()
     with _lock:
-        if _local.version == version and now - _local.loaded_at < _ttl():
+        if _local.version == version and now - _local.loaded_at < cache_ttl():
             return _unexpired(_local.rows)
     rows = _from_db()
     with _lock:

@@ -171,6 +171,15 @@ def grants_check(*, app_role: str) -> list[Check]:
             enabled = bool(found) and all(state != "D" for _, state in found)
             checks.append(Check(f"trigger {name} exists and is enabled", enabled,
                                 "run `manage.py migrate audit` / ALTER TABLE ... ENABLE TRIGGER"))
+        cursor.execute(
+            "SELECT t.tgenabled FROM pg_trigger t WHERE t.tgrelid = 'audit_stage'::regclass "
+            "AND t.tgname = 'audit_chain_at_commit'"
+        )
+        state = cursor.fetchone()
+        checks.append(Check("trigger audit_chain_at_commit (chains staged events at COMMIT) "
+                            "exists and is enabled", state is not None and state[0] != "D",
+                            "run `manage.py migrate audit` / ALTER TABLE audit_stage ENABLE "
+                            "TRIGGER audit_chain_at_commit"))
         cursor.execute("SELECT has_parameter_privilege(%s, 'session_replication_role', 'SET')",
                        [app_role])
         checks.append(Check("app role cannot SET session_replication_role (skips triggers)",

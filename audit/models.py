@@ -38,7 +38,9 @@ class AuditEvent(models.Model):
     policy_version = models.CharField(max_length=32, blank=True)
     payload = models.JSONField(default=dict)
     prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    # No index: nothing looks an event up by its hash (verification and checkpoints go by
+    # seq), and a unique index over random 64-character keys costs every append.
+    hash = models.CharField(max_length=64)
 
     class Meta:
         ordering = ["seq"]

@@ -1,39 +1,38 @@
 """The one write path of the audit log: ``audit_record``.
 
 It runs inside the caller's transaction, so the event commits or rolls back with the
-change it describes. Writers are serialised on the chain head for the rest of their
-transaction (PostgreSQL: a transaction-scoped advisory lock; SQLite: the database write
-lock every IMMEDIATE transaction already holds), which is what keeps the sequence
-gap-free and gives every event exactly one predecessor. Call it as the last write of a
-transaction so the lock is held briefly. On PostgreSQL the lock, head read, hashing and
-insert are one query (see ``_append_postgresql``); elsewhere they run in Python.
+change it describes. Events are chained (gap-free ``seq``, exactly one predecessor, SHA-256
+over the canonical text and the previous hash) under one lock:
+
+- PostgreSQL: ``audit_record`` stages the event; a deferred constraint trigger chains it
+  when the transaction COMMITs, under a transaction-scoped advisory lock held through the
+  commit (migration 0003). The returned event has no ``seq``/``hash`` yet.
+- SQLite (and any other backend): the event is chained at once, in Python, under the
+  database write lock every IMMEDIATE transaction already holds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import uuid
-import weakref
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from audit.actions import ACTIONS
-from audit.chain import GENESIS_HASH, canonical_parts, event_hash, normalise_payload
+from audit.chain import GENESIS_HASH, canonical_parts, event_hash
 from audit.models import ActorType, AuditEvent
 from audit.redaction import redact
 from console.errors import InvalidInput
 from console.models import Tenant
 
 MAX_PAYLOAD_BYTES = getattr(settings, "AUDIT_MAX_PAYLOAD_BYTES", 64 * 1024)
-# An arbitrary constant naming the chain lock among PostgreSQL advisory locks.
+# An arbitrary constant naming the chain lock among PostgreSQL advisory locks (taken by
+# the chaining trigger of migration 0003, which repeats the value).
 CHAIN_LOCK_KEY = 0x41554449  # "AUDI"
 
 
@@ -77,76 +76,89 @@ class Actor:
         return cls(ActorType.RUN, str(run_public_id), label or f"run:{run_public_id}")
 
 
-# PostgreSQL append: ONE network round trip under the lock's shadow. The lock and the
-# append are two statements of one simple-protocol query; in READ COMMITTED each statement
-# takes its own snapshot when it starts, so the head is read after the lock is granted and
-# sees the previous holder's committed event. (A single statement that locked in a
-# sub-select would read the head from a snapshot taken before it waited.) The append reads
-# the head, assigns seq and occurred_at and hashes with the server's sha256() over the
-# canonical bytes that audit.chain serialised before the lock (``canonical_parts``), so no
-# client round trip and no Python runs while the lock is held, until the caller's COMMIT.
-# The append is a server-side prepared statement (once per connection), so it is not
-# parsed or planned under the lock either. Measured alternatives: docs/audit.md.
-_APPEND_BODY = """
-INSERT INTO audit_auditevent (seq, event_id, occurred_at, actor_type, actor_id, actor_label,
-    action, tenant_id, object_type, object_id, trace_id, policy_version, payload, prev_hash,
-    hash)
-SELECT head.seq + 1, $1::uuid, clock.ts, $2::text, $3::text, $4::text, $5::text, $6::uuid,
-    $7::text, $8::text, $9::text, $10::text, $11::text::jsonb, head.hash,
-    encode(sha256(convert_to($12::text || clock.txt || $13::text || head.hash || $14::text
-        || (head.seq + 1)::text || $15::text, 'UTF8')), 'hex')
-FROM (SELECT ts, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS txt
-      FROM clock_timestamp() AS ts) AS clock,
-     (SELECT coalesce(max(seq), 0) AS seq,
-             coalesce((array_agg(hash))[1], 'GENESIS') AS hash
-      FROM (SELECT seq, hash FROM audit_auditevent ORDER BY seq DESC LIMIT 1) AS last) AS head
-RETURNING seq, occurred_at, prev_hash, hash
-""".replace("GENESIS", GENESIS_HASH)
-_APPEND_NAME = "audit_append_" + hashlib.sha256(_APPEND_BODY.encode()).hexdigest()[:12]
-_APPEND_ARGS = ("event_id", "actor_type", "actor_id", "actor_label", "action", "tenant_id",
-                "object_type", "object_id", "trace_id", "policy_version", "payload")
-_APPEND_SQL = (f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}); "
-               f"EXECUTE {_APPEND_NAME}({', '.join(['%s'] * (len(_APPEND_ARGS) + 4))})")
-# The same without a prepared statement, for a transaction-mode connection pooler (which
-# may run the next transaction on a server session that never saw the PREPARE):
-# settings.AUDIT_PREPARED_APPEND = False. Costs the parse and plan under the lock.
-_APPEND_SQL_UNPREPARED = (f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}); "
-                          + re.sub(r"\$\d+", "%s", _APPEND_BODY))  # $1..$15 appear in order
-# Opt-in only (settings.AUDIT_ASYNC_COMMIT, default False): ``SET LOCAL synchronous_commit
-# = off`` for every audited transaction. The chain lock is then released without waiting
-# for the WAL flush, but a crash can lose the last committed transactions -- each change
-# together with its event, so the log stays consistent -- including the record that an
-# external tool call was executed, and a resumed run would then execute it again ("no side
-# effect twice" is broken for that call). See docs/audit.md before turning it on.
-_ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit = off; "
-# raw psycopg connections on which the append is already prepared
-_prepared: weakref.WeakSet = weakref.WeakSet()
+# PostgreSQL: the event is STAGED in the caller's transaction and chained at its COMMIT,
+# inside the server, by the deferred constraint trigger of migration 0003 (lock, head,
+# seq, occurred_at, sha256 over the canonical text prepared here, insert). So no lock is
+# taken and nothing waits here: the chain lock's critical section is the trigger and the
+# commit's WAL flush, with no client round trip in it. ``STAGE_COLUMNS``/``stage_params``
+# are also used by agents.hotsql to stage a step's events in the step's own statement.
+STAGE_COLUMNS = ("event_id", "actor_type", "actor_id", "actor_label", "action", "tenant_id",
+                 "object_type", "object_id", "trace_id", "policy_version", "payload",
+                 "part_a", "part_b", "part_c", "part_d")
+STAGE_HOLDERS = ", ".join("%s::jsonb" if c == "payload" else "%s" for c in STAGE_COLUMNS)
+_STAGE_SQL = (f"INSERT INTO audit_stage ({', '.join(STAGE_COLUMNS)}) "  # noqa: S608 (constants)
+              f"VALUES ({STAGE_HOLDERS})")
 
 
-def _append_postgresql(fields: dict[str, Any]) -> AuditEvent:
-    a, b, c, d = canonical_parts(fields)
-    args = [fields[name] for name in _APPEND_ARGS]
-    args[_APPEND_ARGS.index("payload")] = json.dumps(fields["payload"])
-    args += [a, b, c, d]
-    prepared = getattr(settings, "AUDIT_PREPARED_APPEND", True)
-    sql = _APPEND_SQL if prepared else _APPEND_SQL_UNPREPARED
-    if getattr(settings, "AUDIT_ASYNC_COMMIT", False):
-        sql = _ASYNC_COMMIT_SQL + sql
+def stage_params(fields: dict[str, Any]) -> list[Any]:
+    """The parameters of one ``audit_stage`` row for ``fields`` (prepared by ``audit_fields``)."""
+    params = [fields[name] for name in STAGE_COLUMNS[:11]]
+    params[10] = json.dumps(fields["payload"])
+    params += canonical_parts(fields)
+    return params
+
+
+def chain_events_json(events: list[dict[str, Any]]) -> str:
+    """Events prepared by ``audit_fields`` as the JSON array ``audit_chain_append_many``
+    takes (PostgreSQL): the same values as ``stage_params``, in ``STAGE_COLUMNS`` order. For
+    a statement that is its own transaction (agents.hotsql.step_write outside a
+    transaction): it appends its events itself at its end, under the chain lock, instead of
+    staging them for the COMMIT trigger -- the same chaining routine, without the staging row
+    and the deferred trigger."""
+    rows = []
+    for fields in events:
+        row = [fields[name] for name in STAGE_COLUMNS[:11]]
+        row[0] = str(row[0])
+        row[5] = None if row[5] is None else str(row[5])
+        rows.append([*row, *canonical_parts(fields)])
+    return json.dumps(rows, ensure_ascii=False)
+
+
+def stage_sweep() -> int:
+    """Delete the staging rows of committed transactions (all of them chained already: the
+    chaining trigger runs inside COMMIT). Rows of open transactions are invisible here and
+    stay. Returns how many were deleted. PostgreSQL only; a no-op elsewhere."""
+    if connection.vendor != "postgresql":
+        return 0
     with connection.cursor() as cursor:
-        raw = connection.connection
-        if prepared and raw not in _prepared:
-            cursor.execute(f"PREPARE {_APPEND_NAME} AS {_APPEND_BODY}")
-            _prepared.add(raw)
-        cursor.execute(sql, args)
-        while cursor.description is None or len(cursor.description) != 4:
-            if not cursor.nextset():  # past SET and the lock's result to the append's
-                raise RuntimeError("the audit append returned no row")
-        seq, occurred_at, prev_hash, digest = cursor.fetchone()
-    event = AuditEvent(seq=seq, occurred_at=occurred_at.astimezone(UTC), prev_hash=prev_hash,
-                       hash=digest, **fields)
-    event._state.adding = False
-    event._state.db = connection.alias
-    return event
+        cursor.execute("DELETE FROM audit_stage")
+        return cursor.rowcount
+
+
+def _receipt(fields: dict[str, Any]) -> AuditEvent:
+    """What ``audit_record`` returns on PostgreSQL: the event as staged. ``seq``,
+    ``occurred_at``, ``prev_hash`` and ``hash`` are assigned when the transaction commits;
+    read the stored event back by ``event_id`` after that."""
+    # positional (the model's field order): Model.__init__ is several times cheaper so
+    return AuditEvent(None, fields["event_id"], None, fields["actor_type"], fields["actor_id"],
+                      fields["actor_label"], fields["action"], fields["tenant_id"],
+                      fields["object_type"], fields["object_id"], fields["trace_id"],
+                      fields["policy_version"], fields["payload"], "", "")
+
+
+# The staging INSERT with server-side binding ($n parameters: no quoting in Python, and
+# psycopg prepares it after a few uses). With the commit barrier (console/db_postgresql),
+# its RETURNING also sets ``synchronous_commit = off`` for the caller's transaction: the
+# COMMIT then releases the chain lock without waiting for the flush, and the barrier waits
+# for it outside the lock.
+_STAGE_RAW = (f"INSERT INTO audit_stage ({', '.join(STAGE_COLUMNS)}) "  # noqa: S608 (constants)
+              "VALUES (" + ", ".join(f"${n}::jsonb" if c == "payload" else f"${n}"
+                                    for n, c in enumerate(STAGE_COLUMNS, 1)) + ")")
+_STAGE_RAW_ASYNC = _STAGE_RAW + " RETURNING set_config('synchronous_commit', 'off', true)"
+
+
+def _stage_postgresql(fields: dict[str, Any]) -> AuditEvent:
+    import psycopg
+
+    db = connections[DEFAULT_DB_ALIAS]
+    barrier = getattr(db, "supports_audit_barrier", False)
+    db.ensure_connection()
+    db.validate_thread_sharing()
+    with db.wrap_database_errors, psycopg.RawCursor(db.connection) as cursor:
+        cursor.execute(_STAGE_RAW_ASYNC if barrier else _STAGE_RAW, stage_params(fields))
+    if barrier:
+        db.audit_barrier_pending = True
+    return _receipt(fields)
 
 
 def _append_python(fields: dict[str, Any]) -> AuditEvent:
@@ -158,7 +170,20 @@ def _append_python(fields: dict[str, Any]) -> AuditEvent:
                                      **fields)
 
 
-def audit_record(
+def audit_record(*, actor: Any, action: str, **details: Any) -> AuditEvent:
+    """Append one event to the chain, inside the caller's transaction.
+
+    ``details``: ``tenant``, ``object_type``, ``object_id``, ``trace_id``,
+    ``policy_version``, ``payload``, ``sensitive_fields`` (see ``audit_fields``). Redacts
+    secrets and PII before hashing; refuses an unknown action or a payload over
+    ``MAX_PAYLOAD_BYTES`` with an ``AuditError`` that says which. Returns the event; on
+    PostgreSQL it is chained when the transaction commits, so the returned object has
+    ``seq``/``occurred_at``/``hash`` unset and the stored row is read back by ``event_id``.
+    """
+    return audit_write(audit_fields(actor=actor, action=action, **details))
+
+
+def audit_fields(
     *,
     actor: Any,
     action: str,
@@ -169,19 +194,22 @@ def audit_record(
     policy_version: str | int | None = "",
     payload: dict | None = None,
     sensitive_fields: tuple[str, ...] = (),
-) -> AuditEvent:
-    """Append one event to the chain, inside the caller's transaction.
+) -> dict[str, Any]:
+    """Check, redact and prepare one event's fields (everything but the chained ones).
 
-    Redacts secrets and PII before hashing; refuses an unknown action or a payload over
-    ``MAX_PAYLOAD_BYTES`` with an ``AuditError`` that says which.
+    Only for writers of this module and for ``agents.hotsql``, which stages a step's
+    events inside the step's own statement; everything else calls ``audit_record``.
     """
     if action not in ACTIONS:
         raise AuditError(
             f"Unknown audit action {action!r}. Add it to audit/actions.py with a description "
             "before writing it."
         )
-    clean = normalise_payload(redact(payload or {}, sensitive_fields=sensitive_fields))
-    size = len(json.dumps(clean, cls=DjangoJSONEncoder).encode())
+    # the payload exactly as it will read back from the database (JSON round trip)
+    text = json.dumps(redact(payload or {}, sensitive_fields=sensitive_fields),
+                      cls=DjangoJSONEncoder)
+    clean = json.loads(text)
+    size = len(text.encode())
     if size > MAX_PAYLOAD_BYTES:
         raise AuditError(
             f"Audit payload for {action!r} is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}. "
@@ -190,8 +218,7 @@ def audit_record(
     who = Actor.of(actor)
     # As the database will return it (a UUID), so the hash made now is the one verified.
     tenant_id = _tenant_pk(getattr(tenant, "pk", tenant) or None)
-
-    fields = {
+    return {
         "event_id": uuid.uuid4(),
         "actor_type": str(who.type),
         "actor_id": str(who.id)[:64],
@@ -204,12 +231,16 @@ def audit_record(
         "policy_version": str(policy_version) if policy_version not in (None, "") else "",
         "payload": clean,
     }
+
+
+def audit_write(fields: dict[str, Any]) -> AuditEvent:
+    """Write one event prepared by ``audit_fields`` (``audit_record`` in two halves, for a
+    caller that prepares its events before its transaction, like the step loop)."""
     # No savepoint: inside the caller's transaction an audit failure must fail the whole
-    # change (an event exists iff its change committed), and a savepoint costs two round
-    # trips while the chain lock is held.
+    # change (an event exists iff its change committed).
     with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
-            return _append_postgresql(fields)
+            return _stage_postgresql(fields)
         return _append_python(fields)
 
 

@@ -26,3 +26,11 @@ def checkpoint_task() -> dict | None:
     logger.info("audit checkpoint seq=%s hash=%s webhook=%s", record["seq"], record["hash"],
                 record["webhook"])
     return record
+
+
+@shared_task(name="audit.tasks.stage_sweep_task", ignore_result=True)
+def stage_sweep_task() -> int:
+    """Delete chained staging rows (CELERY_BEAT_SCHEDULE["audit-stage-sweep"])."""
+    from audit.services import stage_sweep
+
+    return stage_sweep()

@@ -10,14 +10,13 @@ and drops it at the end (``--keep`` to inspect it).
 
 1. Appends/s with 1 and 8 writer PROCESSES (each its own connection, one event per
    transaction), interleaved in each round, medians printed:
-   - chain on = ``audit_record`` (redact, prepare the canonical text, then one round trip:
-     advisory lock + prepared append that hashes in the server);
+   - chain on = ``audit_record`` (redact, prepare the canonical text, stage the event;
+     at COMMIT the deferred trigger takes the chain lock, reads the head, hashes in the
+     server and appends -- migration audit 0003);
    - chain off = the same redaction and an INSERT of the same row into a copy of the table
      (same indexes and constraints, no triggers) with no lock, no head read, no hash;
    - bare = a one-column row per transaction through the same Django stack: the commit
-     ceiling of this machine for these writers;
-   - chain on + opt-in async commit = ``audit_record`` with ``AUDIT_ASYNC_COMMIT`` (off by
-     default, see docs/audit.md; ``--no-async-commit`` skips it).
+     ceiling of this machine for these writers.
 2. Verification events/s over a valid chain of ``--verify-rows`` events (written with real
    hashes and COPY): the single walk, then the parallel walk (``--verify-workers``). Before
    that, the number of times ``occurred_at`` steps backwards in seq order over the events
@@ -105,16 +104,12 @@ def writer(mode: str, count: int, go_file: str, ident: str) -> None:
     while not os.path.exists(go_file):
         time.sleep(0.005)
     actor = Actor.system(f"bench-{ident}")
-    if mode == "chain_async":
-        from django.conf import settings
-
-        settings.AUDIT_ASYNC_COMMIT = True  # the documented opt-in, measured, never default
     for index in range(count):
         payload = {"writer": ident, "i": index, "amount": 40, "customer": "C-1001"}
         if mode == "bare":  # the commit ceiling: one tiny row per transaction, nothing else
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute("INSERT INTO bench_bare (v) VALUES (%s)", [index])
-        elif mode in ("chain", "chain_async"):
+        elif mode == "chain":
             with transaction.atomic():
                 audit_record(actor=actor, action="tool.executed", object_type="run",
                              object_id=f"run-{ident}", trace_id=f"trace-{ident}-{index}",
@@ -166,7 +161,7 @@ def _percentile(values: list[float], pct: float) -> float:
 
 def bench_appends(db: str, args) -> list[str]:
     lines = []
-    modes = ("chain", "plain", "bare", *(("chain_async",) if args.async_commit else ()))
+    modes = ("chain", "plain", "bare")
     for writers, per in ((1, args.events_1), (8, args.events_8)):
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
@@ -176,9 +171,7 @@ def bench_appends(db: str, args) -> list[str]:
         chain, plain = rate["chain"], rate["plain"]
         lines.append(f"appends, {writers} writer(s) x {per} events, median of {args.rounds}: "
                      f"chain on {chain:,.0f}/s, chain off {plain:,.0f}/s, "
-                     f"ratio {chain / plain:.2f}; bare 1-row commits {rate['bare']:,.0f}/s"
-                     + (f"; chain on + opt-in async commit {rate['chain_async']:,.0f}/s"
-                        if args.async_commit else ""))
+                     f"ratio {chain / plain:.2f}; bare 1-row commits {rate['bare']:,.0f}/s")
         print(lines[-1], flush=True)
     return lines
 
@@ -361,8 +354,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", type=lambda v: set(v.split(",")),
                         default={"appends", "verify", "search"},
                         help="comma-separated subset of appends,verify,search")
-    parser.add_argument("--no-async-commit", dest="async_commit", action="store_false",
-                        help="skip the opt-in AUDIT_ASYNC_COMMIT measurement")
     parser.add_argument("--verify-workers", type=int, default=None,
                         help="processes for the parallel verification (default: CPUs + 1, "
                              "as verify_chain picks)")

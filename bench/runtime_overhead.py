@@ -2,6 +2,7 @@
 
     python -m bench runtime_overhead                  # defaults: 300 calls, 30 warm-up
     python -m bench runtime_overhead -- --calls 1000 --sleep-ms 5
+    python -m bench runtime_overhead -- --tier write_low  # a tool with side effects
 
 The same 5 ms tool (``time.sleep``) called
 - bare: the function itself;
@@ -30,6 +31,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--sleep-ms", type=float, default=5.0)
+    parser.add_argument("--tier", choices=("read", "write_low"), default="read",
+                        help="read: a pure read (its invocation row commits without waiting "
+                        "for the WAL flush); write_low: a tool with side effects (allowed by the "
+                        "default policy; the row is durable before the tool runs)")
     parser.add_argument("--db", default="acp_bench_runtime")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
@@ -58,7 +63,8 @@ def _run(args) -> int:
 
     @register(
         name="bench_sleep",
-        tier="read",
+        tier=args.tier,
+        side_effects=args.tier != "read",
         timeout_seconds=5,
         description="sleeps",
         parameters={"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
@@ -112,7 +118,8 @@ def _run(args) -> int:
 
     overhead = [g - b for g, b in zip(governed, bare, strict=True)]
     print(f"machine: {machine()}")
-    print(f"tool: time.sleep({args.sleep_ms:g} ms); {args.calls} calls after {args.warmup} warm-up")
+    print(f"tool: time.sleep({args.sleep_ms:g} ms), tier {args.tier}; {args.calls} calls after "
+          f"{args.warmup} warm-up")
     print(f"bare:     {summary(bare)}")
     print(f"governed: {summary(governed)}")
     print(

@@ -191,6 +191,9 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         DATABASES["default"]["OPTIONS"] = dict(SQLITE_OPTIONS)
         DATABASES["default"]["CONN_MAX_AGE"] = 0
+    else:
+        # Django's PostgreSQL backend plus the audit log's commit barrier (its docstring)
+        DATABASES["default"]["ENGINE"] = "console.db_postgresql"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -342,16 +345,15 @@ if AUDIT_CHECKPOINT_KEY and len(AUDIT_CHECKPOINT_KEY) < 32:
 AUDIT_CHECKPOINT_DIR = Path(os.environ.get("AUDIT_CHECKPOINT_DIR", VAR_DIR / "audit-checkpoints"))
 AUDIT_CHECKPOINT_WEBHOOK = os.environ.get("AUDIT_CHECKPOINT_WEBHOOK", "").strip()
 AUDIT_CHECKPOINT_EVERY_SECONDS = envint("AUDIT_CHECKPOINT_EVERY_SECONDS", 300, minimum=10)
-# Opt-in only: commit audited transactions without waiting for the WAL flush. Faster, but a
-# server crash may lose the last few committed transactions -- including the record that an
-# external tool already acted, which could let it act twice on resume (docs/audit.md).
-AUDIT_ASYNC_COMMIT = envbool("AUDIT_ASYNC_COMMIT", False)
-# The one-round-trip append uses a server-side prepared statement; turn it off behind a
-# transaction-mode connection pooler (pgbouncer) that cannot keep prepared statements.
-AUDIT_PREPARED_APPEND = envbool("AUDIT_PREPARED_APPEND", True)
 CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
     "task": "audit.tasks.checkpoint_task",
     "schedule": float(AUDIT_CHECKPOINT_EVERY_SECONDS),
+}
+# PostgreSQL: staged audit rows are garbage once their transaction has committed (and
+# been chained); they are deleted in bulk (audit.services.stage_sweep).
+CELERY_BEAT_SCHEDULE["audit-stage-sweep"] = {
+    "task": "audit.tasks.stage_sweep_task",
+    "schedule": 60.0,
 }
 
 # --- agents runtime (issue 4) -----------------------------------------------------------

@@ -61,6 +61,34 @@ def _flush_past_audit_triggers():
     BaseDatabaseOperations.execute_sql_flush = original
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _audit_chain_at_statement_end_in_test_transactions():
+    """pytest-django's ``db`` tests run in a transaction that is rolled back, never
+    committed; on PostgreSQL the audit chain is appended at COMMIT (a deferred constraint
+    trigger), so inside those tests events would never reach the chain. There the trigger
+    is made IMMEDIATE (it chains at the end of each staging INSERT, under the same lock,
+    held to the end of the test's transaction). Tests that commit for real
+    (``transactional_db``, live servers, worker processes) run the deferred production
+    path; tests/audit/test_chain_at_commit.py covers it directly."""
+    from django.db import connections
+    from django.test import TestCase
+
+    original = TestCase.__dict__["_enter_atomics"]
+
+    def _enter_atomics(cls):
+        atomics = original.__func__(cls)
+        for alias in atomics:
+            conn = connections[alias]
+            if conn.vendor == "postgresql":
+                with conn.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS audit_chain_at_commit IMMEDIATE")
+        return atomics
+
+    TestCase._enter_atomics = classmethod(_enter_atomics)
+    yield
+    TestCase._enter_atomics = original
+
+
 # --- personas ---------------------------------------------------------------------------
 
 

@@ -182,3 +182,86 @@ def test_unsupported_expression_falls_back_to_the_orm(start_run):
             seq=run.next_seq, trace_id=run.trace_id,
         )
     assert ok is False and step_id is None
+
+
+def test_skipping_get_db_prep_save_only_where_it_is_the_identity():
+    """``hotsql._prep`` passes plain values straight through for some fields; for every
+    such field and plain value the result is what ``get_db_prep_save`` gives."""
+    import datetime as dt
+    import uuid
+
+    from django.db import connection
+
+    from agents import hotsql
+    from agents.models import Step
+
+    samples = ["text", "", 0, 7, 2**40, True, False, 1.5, Decimal("0.25"), uuid.uuid4(), None,
+               dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)]
+    checked = 0
+    for model in (AgentRun, Step, ToolInvocation, TenantSpend):
+        for field in model._meta.concrete_fields:
+            if hotsql._identity_types(field) is None:
+                continue  # always the ORM's preparation (JSON, ...)
+            for value in samples:
+                try:
+                    expected = field.get_db_prep_save(value, connection)
+                except Exception:  # the field refuses the value: so must the fast path
+                    with pytest.raises(Exception):
+                        hotsql._prep(field, value, connection)
+                    continue
+                got = hotsql._prep(field, value, connection)
+                assert type(got) is type(expected) and got == expected, (field, value)
+                checked += 1
+    assert checked > 100
+
+
+def test_hand_written_switch_read_returns_what_the_orm_query_returns():
+    import datetime as dt
+
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from agents import hotsql
+    from agents.models import KillSwitch
+
+    now = timezone.now()
+    KillSwitch.objects.create(scope="tool", target="apply_credit", engaged=True, reason="r")
+    KillSwitch.objects.create(scope="tool", target="draft_reply", engaged=True, reason="r",
+                              expires_at=now + dt.timedelta(minutes=5), changed_at=now)
+    KillSwitch.objects.create(scope="intent", target="refund", engaged=True, reason="r",
+                              expires_at=now - dt.timedelta(seconds=1))  # expired
+    KillSwitch.objects.create(scope="agent", target="support", engaged=False)
+    orm = list(KillSwitch.objects.filter(engaged=True)
+               .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).order_by("pk"))
+    fast = sorted(hotsql.switches_engaged(now), key=lambda s: s.pk)
+    assert [s.target for s in fast] == ["apply_credit", "draft_reply"]
+    for a, b in zip(orm, fast, strict=True):
+        for field in KillSwitch._meta.concrete_fields:
+            assert getattr(a, field.attname) == getattr(b, field.attname), field.name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_autocommitted_steps_append_their_events_in_order_to_a_valid_chain(start_run, step):
+    """Outside a transaction (production), a step statement appends its events itself at its
+    end (audit_chain_append_many) instead of staging them: same chain, same order."""
+    from django.db import connection
+
+    from audit.verify import verify_chain
+
+    postgres = connection.vendor == "postgresql"
+
+    def staged() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM audit_stage")
+            return cursor.fetchone()[0]
+
+    staged_before = staged() if postgres else 0
+    run = step(start_run(QUESTION))
+    assert run.status == RunStatus.SUCCEEDED
+    actions = list(AuditEvent.objects.filter(trace_id=run.trace_id).order_by("seq")
+                   .values_list("action", flat=True))
+    assert actions == ["run.created", "run.started", "model.called", "tool.executed",
+                       "model.called", "tool.executed", "model.called", "run.succeeded"]
+    if postgres:  # only run_start's and the claim's events (ordinary transactions) staged
+        assert staged() - staged_before <= 2
+    assert verify_chain().ok

@@ -16,6 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from audit.models import AuditEvent
+from audit.services import _STAGE_SQL, audit_fields, stage_params
 from tests.audit.conftest import on_postgres, write_events
 
 pytestmark = [on_postgres, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -92,6 +93,15 @@ def test_app_role_can_append_and_read_but_never_change_or_remove(app_role):
                              "WHERE tablename = 'audit_auditevent'").fetchone()[0]
         assert "permission denied" in _refused(conn, f'SET ROLE "{owner}"')
         assert "must be owner" in _refused(conn, "DROP TABLE audit_auditevent")
+        # the real append path works as the app role: staged, chained by the trigger at
+        # COMMIT; and the app role cannot switch that trigger off
+        fields = audit_fields(actor=None, action="run.step", payload={"as": "app role"})
+        with conn.transaction():
+            conn.execute(_STAGE_SQL, stage_params(fields))
+        assert conn.execute("SELECT seq FROM audit_auditevent WHERE event_id = %s",
+                            [fields["event_id"]]).fetchone()[0] == 5
+        assert "must be owner" in _refused(
+            conn, "ALTER TABLE audit_stage DISABLE TRIGGER audit_chain_at_commit")
         # the app keeps working on its other tables
         conn.execute("SELECT count(*) FROM console_tenant")
     after = list(AuditEvent.objects.filter(seq__lte=3).order_by("seq")

@@ -108,7 +108,7 @@ def test_secrets_and_pii_are_redacted_before_hashing():
         },
         sensitive_fields=("contact",),
     )
-    stored = AuditEvent.objects.get(seq=event.seq).payload
+    stored = AuditEvent.objects.get(event_id=event.event_id).payload
     assert stored["password"] == REDACTED
     assert stored["api_key"] == REDACTED
     assert stored["Authorization"] == REDACTED

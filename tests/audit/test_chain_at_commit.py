@@ -1,0 +1,145 @@
+"""PostgreSQL: events are staged in the caller's transaction and chained at its COMMIT.
+
+These tests commit for real (``transaction=True``), so the deferred constraint trigger of
+migration 0003 runs exactly as in production (the ``db`` tests elsewhere make it
+IMMEDIATE, see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from audit.chain import GENESIS_HASH
+from audit.models import AuditEvent
+from audit.services import Actor, audit_record, stage_sweep
+from audit.verify import verify_chain
+from tests.audit.conftest import on_postgres
+
+pytestmark = [on_postgres, pytest.mark.django_db(transaction=True)]
+
+
+def _record(label: str, **kwargs):
+    return audit_record(actor=Actor.system("tests"), action="run.step", object_type="run",
+                        object_id=label, payload={"label": label}, **kwargs)
+
+
+def _staged() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM audit_stage")
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture(autouse=True)
+def _empty_stage():
+    stage_sweep()  # rows left by earlier tests of the session (the table is not flushed)
+
+
+def _labels() -> list[str]:
+    return list(AuditEvent.objects.order_by("seq").values_list("object_id", flat=True))
+
+
+def test_event_is_chained_when_its_transaction_commits_not_before():
+    with transaction.atomic():
+        receipt = _record("one")
+        # staged, not chained: no seq yet, and the chain does not hold it
+        assert receipt.seq is None
+        assert not AuditEvent.objects.filter(event_id=receipt.event_id).exists()
+        assert _staged() == 1
+    stored = AuditEvent.objects.get(event_id=receipt.event_id)
+    assert (stored.seq, stored.prev_hash) == (1, GENESIS_HASH)
+    assert stored.payload == {"label": "one"}
+    # the staged row is garbage now (chained inside the commit); the sweep removes it
+    assert _staged() == 1
+    assert stage_sweep() == 1 and _staged() == 0
+    assert AuditEvent.objects.filter(event_id=receipt.event_id).exists()
+    assert verify_chain().ok
+
+
+def test_events_of_one_transaction_are_chained_in_the_order_recorded():
+    with transaction.atomic():
+        for label in ("a", "b", "c"):
+            _record(label)
+    _record("d")  # autocommit: its own transaction
+    assert _labels() == ["a", "b", "c", "d"]
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == [1, 2, 3, 4]
+    times = list(AuditEvent.objects.order_by("seq").values_list("occurred_at", flat=True))
+    assert times == sorted(times)  # occurred_at is assigned under the lock, in seq order
+    assert verify_chain().ok
+
+
+def test_rollback_discards_the_staged_event_and_leaves_no_gap():
+    _record("kept-1")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        _record("doomed")
+        raise RuntimeError("the change fails after its event was recorded")
+    _record("kept-2")
+    assert _labels() == ["kept-1", "kept-2"]
+    assert _staged() == 2  # the rolled-back one was never committed
+    assert verify_chain().ok
+
+
+def test_a_rolled_back_savepoint_takes_its_event_with_it():
+    with transaction.atomic():
+        _record("outer-1")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            _record("inner")
+            raise RuntimeError("inner block fails")
+        _record("outer-2")
+    assert _labels() == ["outer-1", "outer-2"]
+    assert verify_chain().ok
+
+
+def test_a_failing_commit_writes_neither_the_change_nor_its_event(acme):
+    """The event commits with its change or not at all, also when the failure is only
+    detected at COMMIT (a deferred foreign key here)."""
+    from console.models import Tenant
+
+    before = Tenant.objects.count()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Tenant.objects.create(slug="ephemeral", name="Ephemeral")
+        _record("with-bad-tenant", tenant="00000000-0000-0000-0000-000000000001")
+    assert Tenant.objects.count() == before
+    assert not AuditEvent.objects.filter(object_id="with-bad-tenant").exists()
+    assert _staged() == 0
+    _record("after")
+    assert verify_chain().ok and _labels()[-1] == "after"
+
+
+def test_the_chaining_trigger_cannot_be_skipped_by_deferring_or_ignoring():
+    """SET CONSTRAINTS only moves the trigger between statement end and commit; the
+    pgtrigger escape hatch does not apply to it."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL pgtrigger.ignore = '{audit_stage:audit_chain_at_commit}'")
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        _record("still-chained")
+    assert _labels() == ["still-chained"]
+
+
+def test_the_sweep_leaves_rows_of_open_transactions_alone():
+    """A concurrent sweep sees only committed (already chained) rows."""
+    import threading
+
+    from django.db import connections
+
+    staged, release, swept = threading.Event(), threading.Event(), []
+
+    def writer():
+        try:
+            with transaction.atomic():
+                _record("in-flight")
+                staged.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert staged.wait(10)
+    swept.append(stage_sweep())
+    release.set()
+    thread.join(10)
+    assert swept == [0]
+    assert _labels() == ["in-flight"]  # chained at its commit, after the sweep ran
+    assert verify_chain().ok
