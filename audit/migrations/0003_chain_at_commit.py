@@ -32,6 +32,33 @@ from django.db import migrations
 CHAIN_LOCK_KEY = 0x41554449  # audit.services.CHAIN_LOCK_KEY ("AUDI")
 GENESIS_HASH = "0" * 64  # audit.chain.GENESIS_HASH
 
+def _chain_body(source: str) -> str:
+    """The chaining statements, reading the event's columns from ``source`` (``NEW.`` in
+    the trigger, ``p_`` in the function)."""
+    v = {c: f"{source}{c}" for c in (
+        "event_id", "actor_type", "actor_id", "actor_label", "action", "tenant_id",
+        "object_type", "object_id", "trace_id", "policy_version", "payload", "part_a",
+        "part_b", "part_c", "part_d")}
+    return f"""
+        PERFORM pg_advisory_xact_lock({CHAIN_LOCK_KEY});
+        -- a new statement, so a new snapshot: it sees the previous holder's event
+        INSERT INTO audit_auditevent (seq, event_id, occurred_at, actor_type, actor_id,
+            actor_label, action, tenant_id, object_type, object_id, trace_id, policy_version,
+            payload, prev_hash, hash)
+        SELECT head.seq + 1, {v["event_id"]}, clock.ts, {v["actor_type"]}, {v["actor_id"]},
+            {v["actor_label"]}, {v["action"]}, {v["tenant_id"]}, {v["object_type"]},
+            {v["object_id"]}, {v["trace_id"]}, {v["policy_version"]}, {v["payload"]},
+            head.hash,
+            encode(sha256(convert_to({v["part_a"]} || clock.txt || {v["part_b"]} || head.hash
+                || {v["part_c"]} || (head.seq + 1)::text || {v["part_d"]}, 'UTF8')), 'hex')
+        FROM (SELECT ts, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+                  AS txt FROM clock_timestamp() AS ts) AS clock,
+             (SELECT coalesce(max(seq), 0) AS seq,
+                     coalesce((array_agg(hash))[1], '{GENESIS_HASH}') AS hash
+              FROM (SELECT seq, hash FROM audit_auditevent ORDER BY seq DESC LIMIT 1) AS last)
+                  AS head;"""
+
+
 FORWARDS = [
     """
     CREATE UNLOGGED TABLE audit_stage (
@@ -52,9 +79,10 @@ FORWARDS = [
         part_d text NOT NULL
     )
     """,
-    # The one chaining routine: lock, head, seq, occurred_at, hash, insert. Called by the
-    # trigger below at COMMIT, and by ``audit_chain_append_many`` (an autocommitted step
-    # statement of the runtime appends its events directly, at the end of its transaction).
+    # The chaining routine (lock, head, seq, occurred_at, hash, insert), once as the trigger
+    # that runs at COMMIT for each staged row and once as a function for the runtime's
+    # autocommitted step statements (``audit_chain_append_many``): the same SQL text,
+    # ``_chain_body``, over NEW's columns or the function's arguments.
     f"""
     CREATE FUNCTION audit_chain_append(p_event_id uuid, p_actor_type text, p_actor_id text,
         p_actor_label text, p_action text, p_tenant_id uuid, p_object_type text,
@@ -62,32 +90,14 @@ FORWARDS = [
         p_part_a text, p_part_b text, p_part_c text, p_part_d text)
     RETURNS void LANGUAGE plpgsql AS $fn$
     BEGIN
-        PERFORM pg_advisory_xact_lock({CHAIN_LOCK_KEY});
-        -- a new statement, so a new snapshot: it sees the previous holder's event
-        INSERT INTO audit_auditevent (seq, event_id, occurred_at, actor_type, actor_id,
-            actor_label, action, tenant_id, object_type, object_id, trace_id, policy_version,
-            payload, prev_hash, hash)
-        SELECT head.seq + 1, p_event_id, clock.ts, p_actor_type, p_actor_id, p_actor_label,
-            p_action, p_tenant_id, p_object_type, p_object_id, p_trace_id, p_policy_version,
-            p_payload, head.hash,
-            encode(sha256(convert_to(p_part_a || clock.txt || p_part_b || head.hash
-                || p_part_c || (head.seq + 1)::text || p_part_d, 'UTF8')), 'hex')
-        FROM (SELECT ts, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
-                  AS txt FROM clock_timestamp() AS ts) AS clock,
-             (SELECT coalesce(max(seq), 0) AS seq,
-                     coalesce((array_agg(hash))[1], '{GENESIS_HASH}') AS hash
-              FROM (SELECT seq, hash FROM audit_auditevent ORDER BY seq DESC LIMIT 1) AS last)
-                  AS head;
+        {_chain_body("p_")}
     END
     $fn$
     """,
-    """
+    f"""
     CREATE FUNCTION audit_chain_staged() RETURNS trigger LANGUAGE plpgsql AS $fn$
     BEGIN
-        PERFORM audit_chain_append(NEW.event_id, NEW.actor_type, NEW.actor_id,
-            NEW.actor_label, NEW.action, NEW.tenant_id, NEW.object_type, NEW.object_id,
-            NEW.trace_id, NEW.policy_version, NEW.payload, NEW.part_a, NEW.part_b,
-            NEW.part_c, NEW.part_d);
+        {_chain_body("NEW.")}
         RETURN NULL;
     END
     $fn$
