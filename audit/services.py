@@ -114,6 +114,14 @@ def chain_events_json(events: list[dict[str, Any]]) -> str:
     return json.dumps(rows, ensure_ascii=False)
 
 
+def stage_rows_sql(rows: list[list[Any]]) -> tuple[str, list[Any]]:
+    """One INSERT of several staging rows (``stage_params`` each), in order, with
+    client-side placeholders (it travels in a multi-statement query with the COMMIT)."""
+    values = ", ".join(f"({STAGE_HOLDERS})" for _ in rows)
+    params = [value for row in rows for value in row]
+    return f"INSERT INTO audit_stage ({', '.join(STAGE_COLUMNS)}) VALUES {values}", params  # noqa: S608
+
+
 def stage_sweep() -> int:
     """Delete the staging rows of committed transactions (all of them chained already: the
     chaining trigger runs inside COMMIT). Rows of open transactions are invisible here and
@@ -152,6 +160,8 @@ def _stage_postgresql(fields: dict[str, Any]) -> AuditEvent:
 
     db = connections[DEFAULT_DB_ALIAS]
     barrier = getattr(db, "supports_audit_barrier", False)
+    if barrier and db.audit_defer(stage_params(fields)):
+        return _receipt(fields)  # staged with the COMMIT (console/db_postgresql)
     db.ensure_connection()
     db.validate_thread_sharing()
     with db.wrap_database_errors, psycopg.RawCursor(db.connection) as cursor:

@@ -74,6 +74,7 @@ def _audit_chain_at_statement_end_in_test_transactions():
     from django.test import TestCase
 
     original = TestCase.__dict__["_enter_atomics"]
+    original_rollback = TestCase.__dict__["_rollback_atomics"]
 
     def _enter_atomics(cls):
         atomics = original.__func__(cls)
@@ -82,11 +83,23 @@ def _audit_chain_at_statement_end_in_test_transactions():
             if conn.vendor == "postgresql":
                 with conn.cursor() as cursor:
                     cursor.execute("SET CONSTRAINTS audit_chain_at_commit IMMEDIATE")
+                # and stage at record time, not with a COMMIT that never comes
+                conn.audit_defer_staging = False
         return atomics
 
+    def _rollback_atomics(cls, atomics):
+        try:
+            return original_rollback.__func__(cls, atomics)
+        finally:
+            for alias in atomics:
+                if hasattr(connections[alias], "audit_defer_staging"):
+                    connections[alias].audit_defer_staging = True
+
     TestCase._enter_atomics = classmethod(_enter_atomics)
+    TestCase._rollback_atomics = classmethod(_rollback_atomics)
     yield
     TestCase._enter_atomics = original
+    TestCase._rollback_atomics = original_rollback
 
 
 # --- personas ---------------------------------------------------------------------------

@@ -42,10 +42,11 @@ def _labels() -> list[str]:
 def test_event_is_chained_when_its_transaction_commits_not_before():
     with transaction.atomic():
         receipt = _record("one")
-        # staged, not chained: no seq yet, and the chain does not hold it
+        # not chained yet: no seq, the chain does not hold it, and its staging row travels
+        # with the COMMIT (console/db_postgresql)
         assert receipt.seq is None
         assert not AuditEvent.objects.filter(event_id=receipt.event_id).exists()
-        assert _staged() == 1
+        assert _staged() == 0 and len(connection.audit_pending) == 1
     stored = AuditEvent.objects.get(event_id=receipt.event_id)
     assert (stored.seq, stored.prev_hash) == (1, GENESIS_HASH)
     assert stored.payload == {"label": "one"}
@@ -142,4 +143,34 @@ def test_the_sweep_leaves_rows_of_open_transactions_alone():
     thread.join(10)
     assert swept == [0]
     assert _labels() == ["in-flight"]  # chained at its commit, after the sweep ran
+    assert verify_chain().ok
+
+
+def test_an_audit_only_transaction_commits_in_one_round_trip_and_leaves_a_clean_connection(acme):
+    """Nothing else executed: BEGIN, the staging INSERT, COMMIT and the flush barrier go
+    in one message; afterwards the connection is back in Django's hands as before."""
+    with transaction.atomic():
+        _record("alone")
+    assert connection.connection.autocommit  # Django's autocommit mode, restored
+    assert _labels() == ["alone"]
+    # a failure at COMMIT on that path (a deferred foreign key) rolls everything back and
+    # leaves the connection usable
+    with pytest.raises(IntegrityError), transaction.atomic():
+        _record("bad-tenant", tenant="00000000-0000-0000-0000-000000000002")
+    assert connection.connection.info.transaction_status == 0  # idle, not aborted
+    _record("after")
+    assert _labels() == ["alone", "after"]
+    assert verify_chain().ok
+
+
+def test_events_recorded_after_other_statements_travel_with_the_commit(acme):
+    from console.models import Tenant
+
+    with transaction.atomic():
+        Tenant.objects.filter(pk=acme.pk).update(name=acme.name)  # the transaction began
+        _record("x")
+        with transaction.atomic():
+            _record("y")  # a released savepoint keeps its event
+        _record("z")
+    assert _labels() == ["x", "y", "z"]
     assert verify_chain().ok
