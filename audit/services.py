@@ -80,8 +80,10 @@ class Actor:
 # inside the server, by the deferred constraint trigger of migration 0003 (lock, head,
 # seq, occurred_at, sha256 over the canonical text prepared here, insert). So no lock is
 # taken and nothing waits here: the chain lock's critical section is the trigger and the
-# commit's WAL flush, with no client round trip in it. ``STAGE_COLUMNS``/``stage_params``
-# are also used by agents.hotsql to stage a step's events in the step's own statement.
+# commit, with no client round trip in it. With console/db_postgresql the staging row is
+# sent with the COMMIT itself (``stage_rows_sql``). agents.hotsql embeds the same rows in a
+# step's statement (``stage_params``, or ``chain_events_json`` for a statement that is its
+# own transaction).
 STAGE_COLUMNS = ("event_id", "actor_type", "actor_id", "actor_label", "action", "tenant_id",
                  "object_type", "object_id", "trace_id", "policy_version", "payload",
                  "part_a", "part_b", "part_c", "part_d")
@@ -137,7 +139,7 @@ def _receipt(fields: dict[str, Any]) -> AuditEvent:
     """What ``audit_record`` returns on PostgreSQL: the event as staged. ``seq``,
     ``occurred_at``, ``prev_hash`` and ``hash`` are assigned when the transaction commits;
     read the stored event back by ``event_id`` after that."""
-    # positional (the model's field order): Model.__init__ is several times cheaper so
+    # positional arguments in the model's field order: several times cheaper in Model.__init__
     return AuditEvent(None, fields["event_id"], None, fields["actor_type"], fields["actor_id"],
                       fields["actor_label"], fields["action"], fields["tenant_id"],
                       fields["object_type"], fields["object_id"], fields["trace_id"],
