@@ -26,10 +26,9 @@ import json
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
-import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import F, Value
 from django.db.models.expressions import CombinedExpression
@@ -37,6 +36,7 @@ from django.utils import timezone
 
 from agents.models import AgentRun, RunStatus, Step, ToolInvocation
 from audit.services import STAGE_COLUMNS, chain_events_json, stage_params
+from console.db_postgresql import execute as pg_execute
 
 _STAGE_COLUMNS = ", ".join(STAGE_COLUMNS)
 # one VALUES row of audit_stage, typed (VALUES columns are not typed by the target table)
@@ -287,7 +287,7 @@ def step_write(
         )
         if chain_now:
             params.append(chain_events_json(audit_events))
-        with _pg_execute(" ".join(sql), params) as pg:
+        with pg_execute(" ".join(sql), params) as pg:
             row = pg.fetchone()
         return bool(row[0]), row[1]
     with conn.cursor() as cursor:
@@ -342,7 +342,7 @@ def invocation_insert(*, durable: bool = True, **values: Any) -> ToolInvocation 
         if not durable and not conn.in_atomic_block:
             # evaluated only for an inserted row; local to this statement's own transaction
             sql += " RETURNING set_config('synchronous_commit', 'off', true)"
-        with _pg_execute(sql, params) as cursor:
+        with pg_execute(sql, params) as cursor:
             inserted = cursor.rowcount == 1
     else:
         with connection.cursor() as cursor:
@@ -353,30 +353,6 @@ def invocation_insert(*, durable: bool = True, **values: Any) -> ToolInvocation 
     invocation._state.adding = False
     invocation._state.db = conn.alias
     return invocation
-
-
-@lru_cache(maxsize=512)
-def _numbered(sql: str) -> str:
-    """``%s`` placeholders as ``$1, $2, ...`` (the SQL here has no other ``%``): psycopg's
-    own conversion is cached only for statements under 50 parameters and 4 kB, and the
-    step statement is longer, so it would be re-parsed on every step."""
-    parts = sql.split("%s")
-    return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, 1))
-
-
-def _pg_execute(sql: str, params: list[Any]):
-    """PostgreSQL: execute with server-side binding -- the values travel apart from the
-    text, so they are not quoted into it in Python, and psycopg prepares a statement it
-    has seen ``prepare_threshold`` times (connection OPTIONS; None turns preparing off,
-    e.g. behind a transaction-mode pooler) so the server skips parsing and planning it.
-    Django's connection uses client-side binding for everything else. Returns the cursor."""
-    conn = _db()
-    conn.ensure_connection()
-    conn.validate_thread_sharing()
-    with conn.wrap_database_errors:
-        cursor = psycopg.RawCursor(conn.connection)
-        cursor.execute(_numbered(sql), params)
-    return cursor
 
 
 def json_text(value: Any) -> Json:

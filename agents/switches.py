@@ -134,9 +134,9 @@ def cache_ttl() -> float:
 
 
 def _from_db() -> list[KillSwitch]:
-    from agents import hotsql  # the ORM query, hand-written (agents.services.switches_engaged)
+    from agents.services import switches_engaged
 
-    return hotsql.switches_engaged(timezone.now())
+    return switches_engaged()
 
 
 def _unexpired(rows: list[KillSwitch]) -> list[KillSwitch]:

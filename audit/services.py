@@ -88,8 +88,6 @@ STAGE_COLUMNS = ("event_id", "actor_type", "actor_id", "actor_label", "action", 
                  "object_type", "object_id", "trace_id", "policy_version", "payload",
                  "part_a", "part_b", "part_c", "part_d")
 STAGE_HOLDERS = ", ".join("%s::jsonb" if c == "payload" else "%s" for c in STAGE_COLUMNS)
-_STAGE_SQL = (f"INSERT INTO audit_stage ({', '.join(STAGE_COLUMNS)}) "  # noqa: S608 (constants)
-              f"VALUES ({STAGE_HOLDERS})")
 
 
 def stage_params(fields: dict[str, Any]) -> list[Any]:
@@ -109,10 +107,11 @@ def chain_events_json(events: list[dict[str, Any]]) -> str:
     and the deferred trigger."""
     rows = []
     for fields in events:
-        row = [fields[name] for name in STAGE_COLUMNS[:11]]
+        row = stage_params(fields)
         row[0] = str(row[0])
         row[5] = None if row[5] is None else str(row[5])
-        rows.append([*row, *canonical_parts(fields)])
+        row[10] = fields["payload"]  # the document itself, not its text
+        rows.append(row)
     return json.dumps(rows, ensure_ascii=False)
 
 
@@ -146,28 +145,22 @@ def _receipt(fields: dict[str, Any]) -> AuditEvent:
                       fields["policy_version"], fields["payload"], "", "")
 
 
-# The staging INSERT with server-side binding ($n parameters: no quoting in Python, and
-# psycopg prepares it after a few uses). With the commit barrier (console/db_postgresql),
-# its RETURNING also sets ``synchronous_commit = off`` for the caller's transaction: the
-# COMMIT then releases the chain lock without waiting for the flush, and the barrier waits
-# for it outside the lock.
-_STAGE_RAW = (f"INSERT INTO audit_stage ({', '.join(STAGE_COLUMNS)}) "  # noqa: S608 (constants)
-              "VALUES (" + ", ".join(f"${n}::jsonb" if c == "payload" else f"${n}"
-                                    for n, c in enumerate(STAGE_COLUMNS, 1)) + ")")
-_STAGE_RAW_ASYNC = _STAGE_RAW + " RETURNING set_config('synchronous_commit', 'off', true)"
-
-
 def _stage_postgresql(fields: dict[str, Any]) -> AuditEvent:
-    import psycopg
+    from console.db_postgresql import execute
 
     db = connections[DEFAULT_DB_ALIAS]
     barrier = getattr(db, "supports_audit_barrier", False)
-    if barrier and db.audit_defer(stage_params(fields)):
+    params = stage_params(fields)
+    if barrier and db.audit_defer(params):
         return _receipt(fields)  # staged with the COMMIT (console/db_postgresql)
-    db.ensure_connection()
-    db.validate_thread_sharing()
-    with db.wrap_database_errors, psycopg.RawCursor(db.connection) as cursor:
-        cursor.execute(_STAGE_RAW_ASYNC if barrier else _STAGE_RAW, stage_params(fields))
+    # staged now (outside a transaction, deferral off, or the stock backend). With the
+    # commit barrier, RETURNING sets ``synchronous_commit = off`` for the transaction: its
+    # COMMIT releases the chain lock without waiting for the flush, the barrier waits after.
+    sql, _ = stage_rows_sql([params])
+    if barrier:
+        sql += " RETURNING set_config('synchronous_commit', 'off', true)"
+    with execute(sql, params):
+        pass
     if barrier:
         db.audit_barrier_pending = True
     return _receipt(fields)

@@ -146,11 +146,34 @@ def test_the_sweep_leaves_rows_of_open_transactions_alone():
     assert verify_chain().ok
 
 
+def _frontend_messages(block) -> list[str]:
+    """Run ``block`` in a transaction; return the messages libpq sent (its trace)."""
+    import tempfile
+
+    from psycopg import pq
+
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            with transaction.atomic():
+                block()
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        return [line for line in trace.read().splitlines() if line.startswith("F\t")]
+
+
 def test_an_audit_only_transaction_commits_in_one_round_trip_and_leaves_a_clean_connection(acme):
     """Nothing else executed: BEGIN, the staging INSERT, COMMIT and the flush barrier go
     in one message; afterwards the connection is back in Django's hands as before."""
-    with transaction.atomic():
-        _record("alone")
+    sent = _frontend_messages(lambda: _record("alone"))
+    # libpq's own trace of what went to the server: one simple-protocol query
+    assert [m.split("\t")[2] for m in sent] == ["Query"], sent
+    assert '"BEGIN; SET LOCAL synchronous_commit = off; INSERT INTO audit_stage' in sent[0]
+    assert "COMMIT; SELECT pg_logical_emit_message" in sent[0]
     assert connection.connection.autocommit  # Django's autocommit mode, restored
     assert _labels() == ["alone"]
     # a failure at COMMIT on that path (a deferred foreign key) rolls everything back and

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from audit.models import AuditEvent
-from audit.services import _STAGE_SQL, audit_fields, stage_params
+from audit.services import audit_fields, stage_params, stage_rows_sql
 from tests.audit.conftest import on_postgres, write_events
 
 pytestmark = [on_postgres, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -97,7 +97,7 @@ def test_app_role_can_append_and_read_but_never_change_or_remove(app_role):
         # COMMIT; and the app role cannot switch that trigger off
         fields = audit_fields(actor=None, action="run.step", payload={"as": "app role"})
         with conn.transaction():
-            conn.execute(_STAGE_SQL, stage_params(fields))
+            conn.execute(*stage_rows_sql([stage_params(fields)]))
         assert conn.execute("SELECT seq FROM audit_auditevent WHERE event_id = %s",
                             [fields["event_id"]]).fetchone()[0] == 5
         assert "must be owner" in _refused(
