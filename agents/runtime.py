@@ -43,7 +43,7 @@ from typing import Any
 
 import jsonschema
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -232,6 +232,19 @@ def run_execute(*, run_id: str, worker: str = "") -> str:
                 lease_token="", lease_expires_at=None, updated_at=timezone.now()
             )
             return RETRY_LATER
+        except DatabaseError:
+            raise  # the database is unwell: the task retries and the sweeper resumes the run
+        except Exception as exc:
+            # A bug, not a failure class with a recovery path: end the run for a human
+            # instead of leaving it running, to be resumed into the same error for ever.
+            logger.exception("run %s: unexpected error in the step loop", run_id)
+            try:
+                return _finish(run, lease, RunStatus.FAILED,
+                               f"Internal error in the step loop ({type(exc).__name__}): {exc}"[:2000],
+                               began=time.perf_counter(), failure_class=FailureClass.LOGIC,
+                               handoff=True)
+            except LeaseLost:
+                return LEASE_LOST
 
 
 def _step(run: AgentRun, lease: str) -> str | None:

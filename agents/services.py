@@ -167,7 +167,15 @@ def switch_engage(
     target = _validate_switch_target(scope, target)
     if not (reason or "").strip():
         raise InvalidInput("A reason is required to engage a switch: say what incident it answers.")
-    if expires_at is not None and expires_at <= timezone.now():
+    if expires_at is not None and timezone.is_naive(expires_at):
+        raise InvalidInput(
+            "expires_at has no time zone; give one, e.g. 2030-01-01T00:00:00Z or +02:00."
+        )
+    try:
+        past = expires_at is not None and expires_at <= timezone.now()
+    except OverflowError:
+        raise InvalidInput("expires_at is outside the representable range.") from None
+    if past:
         raise InvalidInput("expires_at is in the past; give a future time or none.")
     who = actor if isinstance(actor, User) else None
     with transaction.atomic():

@@ -148,7 +148,11 @@ def after_cursor(qs: QuerySet[ApprovalRequest], cursor: str) -> QuerySet[Approva
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         due, pk = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not (isinstance(due, str) and isinstance(pk, str)):
+            raise ValueError("cursor parts are not strings")
         due_at, pk = datetime.fromisoformat(due), uuid.UUID(pk)
+        if due_at.tzinfo is None:
+            raise ValueError("cursor time has no time zone")
     except (ValueError, TypeError):
         raise InvalidInput("cursor is not valid; use the next_cursor of the previous page.") from None
     return qs.filter(Q(due_at__gt=due_at) | Q(due_at=due_at, id__gt=pk))

@@ -232,6 +232,8 @@ def _edited_arguments(request: HttpRequest, item: ApprovalRequest) -> dict:
             raise InvalidInput(
                 f"Edited arguments are not valid JSON: {exc.msg} (line {exc.lineno})."
             ) from None
+        except RecursionError:
+            raise InvalidInput("Edited arguments are nested too deeply.") from None
         if not isinstance(value, dict):
             raise InvalidInput("Edited arguments must be a JSON object.")
         current = value

@@ -86,7 +86,11 @@ def _parse_time(name: str, raw: str, problems: list[str]) -> datetime | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # the console and API speak UTC
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        problems.append(f"{name}={raw!r} is outside the dates this log can hold")
+        return None
 
 
 def parse_filters(params: Mapping[str, object]) -> EventFilters:

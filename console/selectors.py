@@ -211,12 +211,9 @@ def _handoffs(tenants: QuerySet[Tenant], recent: QuerySet[AgentRun]) -> dict[str
 
 
 def engaged_switches() -> list[KillSwitch]:
-    now = timezone.now()
-    return list(
-        KillSwitch.objects.filter(engaged=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .order_by("scope", "target")
-    )
+    from agents.services import switches_engaged
+
+    return sorted(switches_engaged(), key=lambda s: (s.scope, s.target))
 
 
 # --- runs -------------------------------------------------------------------------------

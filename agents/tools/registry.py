@@ -79,11 +79,15 @@ class Tool:
         problems = []
         for err in sorted(validator.iter_errors(arguments), key=lambda e: list(e.path)):
             where = "/".join(str(p) for p in err.absolute_path) or "arguments"
-            problems.append(f"{where}: {err.message}")
+            message = err.message  # it quotes the offending value, which may be huge
+            if len(message) > PROBLEM_CHARS:
+                message = message[:PROBLEM_CHARS] + "…[truncated]"
+            problems.append(f"{where}: {message}")
         return problems
 
 
 REGISTRY: dict[str, Tool] = {}
+PROBLEM_CHARS = 300  # per schema problem: repair prompts and audit payloads stay bounded
 
 
 def register(

@@ -61,9 +61,11 @@ def test_credit_run_parks_then_resumes_and_credits_once(start_run, step, pending
     credit = CreditLedger.objects.get()
     assert (credit.amount_cents, credit.customer.code, credit.run_id) == (4000, "C-1001", run.pk)
     # a redelivered message finds nothing to do and credits nothing again
-    run.status = RunStatus.QUEUED
-    step(run)
-    assert CreditLedger.objects.count() == 1
+    from agents.runtime import run_execute
+
+    steps = run.steps.count()
+    run_execute(run_id=str(run.public_id), worker="redelivered")
+    assert CreditLedger.objects.count() == 1 and run.steps.count() == steps
     approval_step = run.steps.get(kind="approval")
     assert approval_step.output["decided_by"] == "lead"
     event = AuditEvent.objects.get(action="approval.decided")
@@ -385,3 +387,28 @@ def test_cancel_parked_run_cancels_its_request(start_run, step, pending_request,
     assert request.status == "cancelled"
     with pytest.raises(Conflict):
         run_cancel(actor=operator, run=run)
+
+
+def test_an_unexpected_error_in_the_loop_ends_the_run_for_a_human(start_run, step, monkeypatch):
+    """Not a failure class with a recovery path (a bug): the run is failed and handed off,
+    its lease released, instead of staying running to be resumed into the same error."""
+    from agents import runtime as rt
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in the planner glue")
+
+    monkeypatch.setattr(rt, "_think", broken)
+    run = step(start_run("What plan is customer C-1002 on?"))
+    assert run.status == RunStatus.FAILED
+    assert "RuntimeError" in run.terminal_reason and "boom" in run.terminal_reason
+    assert run.lease_token == "" and run.failure_class == "logic"
+    assert run.result["handoff_summary"]
+    assert AuditEvent.objects.filter(trace_id=run.trace_id, action="run.failed").exists()
+
+
+def test_schema_problems_quote_at_most_a_bounded_part_of_the_value():
+    from agents.tools import get_tool
+    from agents.tools.registry import PROBLEM_CHARS
+
+    problems = get_tool("lookup_subscription").validate({"customer": "x" * 100_000})
+    assert problems and all(len(p) < PROBLEM_CHARS + 100 for p in problems)

@@ -88,6 +88,5 @@ def test_database_keeps_resolved_final(start_run, step, operator):
 def test_budget_exhausted_run_lands_in_the_handoff_queue(start_run, step):
     run = start_run("What plan is customer C-1002 on?", budgets={"max_steps": 1})
     run = step(run)
-    if run.status != RunStatus.BUDGET_EXHAUSTED:
-        pytest.skip(f"scenario ended {run.status}")
+    assert run.status == RunStatus.BUDGET_EXHAUSTED, run.terminal_reason
     assert Handoff.objects.get(run=run).source == HandoffSource.BUDGET

@@ -127,5 +127,6 @@ def test_two_concurrent_sweepers_never_double_act(parked):
         t.start()
     for t in threads:
         t.join()
+    assert len(results) == 2  # both sweepers finished
     assert sum(r["escalated"] for r in results) == 4
     assert AuditEvent.objects.filter(action="approval.escalated").count() == 4

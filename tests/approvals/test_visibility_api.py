@@ -79,6 +79,13 @@ def test_list_filters_status_and_queue_and_paginates(parked, token_client, lead)
     nxt = api.get(f"/api/v1/approvals?limit=1&cursor={body['next_cursor']}").json()
     assert [i["id"] for i in nxt["items"]] == [str(second.id)] and nxt["next_cursor"] is None
     assert api.get("/api/v1/approvals?queue=account-changes").json()["items"] == []
+    import base64
+    import json
+
+    for forged in (["2026-01-01T00:00:00+00:00", 5], ["2026-01-01", str(first.id)], "x"):
+        token = base64.urlsafe_b64encode(json.dumps(forged).encode()).decode().rstrip("=")
+        response = api.get(f"/api/v1/approvals?cursor={token}")
+        assert response.status_code == 422 and "cursor" in response.json()["error"]["message"]
     assert api.get("/api/v1/approvals?status=approved").json()["items"] == []
     bad = api.get("/api/v1/approvals?status=maybe")
     assert bad.status_code == 422 and "status must be one of" in bad.json()["error"]["message"]

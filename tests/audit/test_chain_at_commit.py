@@ -127,6 +127,9 @@ def test_the_sweep_leaves_rows_of_open_transactions_alone():
     staged, release, swept = threading.Event(), threading.Event(), []
 
     def writer():
+        from django.db import connection as own  # this thread's connection
+
+        own.audit_defer_staging = False  # stage now: the row sits uncommitted in the table
         try:
             with transaction.atomic():
                 _record("in-flight")

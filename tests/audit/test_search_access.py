@@ -90,6 +90,8 @@ def test_keyset_pagination_walks_every_event_once(story):
     ({"until": "2026-13-45"}, "not an ISO 8601"),
     ({"since": "2026-03-02", "until": "2026-03-01"}, "since must be earlier than until"),
     ({"trace_id": "x" * 65}, "longer than 64"),
+    ({"since": "0001-01-01T00:00:00+14:00"}, "outside the dates"),
+    ({"until": "9999-12-31T23:59:59-14:00"}, "outside the dates"),
 ])
 def test_bad_filters_are_refused_clearly(seeded, params, message):
     with pytest.raises(InvalidInput, match=message):

@@ -51,7 +51,9 @@ def test_a_model_over_http_drives_a_read_only_run_to_success(support_agent, rout
     assert run.result["message"] == "C-1001 is on the team plan."
     assert run.tokens_used > 0 and run.cost_usd > 0
     kinds = list(Step.objects.filter(run=run).order_by("seq").values_list("kind", flat=True))
-    assert "tool" in " ".join(kinds)
+    assert kinds == ["model", "tool", "model"]
+    assert run.invocations.get().state == "succeeded"
+    assert primary.count == 2
     # The API key never reaches the trace or the audit log.
     assert "sk-test-0123456789abcdef" not in str(list(Step.objects.filter(run=run).values()))
     assert not AuditEvent.objects.filter(payload__icontains="sk-test-0123456789abcdef").exists()

@@ -142,3 +142,13 @@ def test_htmx_flip_engages_and_releases_and_expiry_minutes_are_honoured(runtime,
         "/switches/tool/apply_credit/flip/", {"engaged": "1", "reason": "x", "expires_in_minutes": "-5"}
     )
     assert bad.status_code == 422 and "whole number of minutes" in bad.content.decode()
+
+
+def test_an_expiry_without_a_time_zone_is_422_and_changes_nothing(runtime, token_client, operator):
+    client = token_client(operator)
+    body = {"engaged": True, "reason": "INC-9", "expires_at": "2099-01-01T00:00:00"}
+    response = _put(client, "tool", "apply_credit", body)
+    assert response.status_code == 422, response.content
+    assert "time zone" in response.json()["error"]["message"]
+    assert not KillSwitch.objects.filter(engaged=True).exists()
+    assert not AuditEvent.objects.filter(action__startswith="switch.").exists()
