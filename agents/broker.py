@@ -179,6 +179,12 @@ def _insert(**fields: Any) -> ToolInvocation:
     return ToolInvocation.objects.create(**fields)
 
 
+def pure_read(tool: Tool) -> bool:
+    """A tool that changes nothing (tier ``read``, no side effects): running it twice is
+    harmless, so its invocation row need not be on disk before it runs."""
+    return tool.tier == "read" and not tool.side_effects
+
+
 def invocation_start(
     *,
     run: AgentRun,
@@ -189,24 +195,30 @@ def invocation_start(
     decision: str,
     decision_reason: str,
     policy_version: int | None,
+    defer: bool = False,
 ) -> ToolInvocation | None:
-    """The fast path of an allowed call: insert the invocation already ``started`` and held
-    by ``lease_token``, in one committed statement, before the tool runs. The idempotency
-    key and the proposal are durable before any side effect, exactly as with
-    ``invocation_propose`` followed by the conditional start, minus two round trips and a
-    commit. Returns None when the step already has an invocation (a resumed run, a
-    redelivered message, an approval): the caller then takes the general path, which
-    looks it up and decides replay / in flight / conflict / resume after approval."""
+    """The fast path of an allowed call on a fresh step: the invocation, already
+    ``started`` and held by ``lease_token``.
+
+    - A tool that can change anything: inserted in one committed statement before the tool
+      runs, so the idempotency key and the proposal are durable before any side effect
+      (the same as ``invocation_propose`` followed by the conditional start, minus two
+      round trips and a commit).
+    - ``defer`` (only for a ``pure_read`` tool, on a step known to have no invocation
+      row): not inserted at all. The runtime inserts it with its outcome in the step's
+      own statement (``hotsql.step_write(new_invocation=...)``); if the step turns out to
+      have a row after all, that statement writes nothing and the general path takes over.
+      Losing it in a crash only means the read runs again on resume.
+
+    Returns None when the step already has an invocation (a resumed run, a redelivered
+    message, an approval): the caller then takes the general path, which looks it up and
+    decides replay / in flight / conflict / resume after approval."""
+    if defer and not pure_read(tool):
+        raise ValueError(f"{tool.name} can change something: its invocation must be durable before it runs")
     canonical = json.loads(canonical_json(arguments))
     digest = arguments_hash(canonical)
     now = timezone.now()
-    # Hand-written INSERT ... ON CONFLICT DO NOTHING (agents.hotsql): no ORM compilation,
-    # and a conflict is a row count of 0 rather than an error (no savepoint needed).
-    return hotsql.invocation_insert(
-        # Durable before the tool runs when the tool can change anything. A pure read (tier
-        # "read", no side effects) commits without waiting for the flush: losing the row in
-        # a server crash only means the read runs again when the run resumes.
-        durable=tool.side_effects or tool.tier != "read",
+    values = dict(
         run=run,
         tenant_id=run.tenant_id,
         step_seq=step_seq,
@@ -223,6 +235,12 @@ def invocation_start(
         started_at=now,
         created_at=now,
     )
+    if defer:
+        return hotsql.invocation_new(**values)
+    # Hand-written INSERT ... ON CONFLICT DO NOTHING (agents.hotsql): no ORM compilation,
+    # and a conflict is a row count of 0 rather than an error (no savepoint needed). A pure
+    # read's row (a resumed run of an older version) commits without waiting for the flush.
+    return hotsql.invocation_insert(durable=not pure_read(tool), **values)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from django.utils import timezone
 from agents.models import AgentRun, RunStatus, Step, ToolInvocation
 from audit.services import STAGE_COLUMNS, chain_events_json, stage_params
 from console.db_postgresql import execute as pg_execute
+from console.db_postgresql.base import FLUSH_BARRIER
 
 _STAGE_COLUMNS = ", ".join(STAGE_COLUMNS)
 # one VALUES row of audit_stage, typed (VALUES columns are not typed by the target table)
@@ -44,9 +45,6 @@ _STAGE_ROW = ", ".join(
     "%s::uuid" if c in ("event_id", "tenant_id") else "%s::jsonb" if c == "payload" else "%s::text"
     for c in STAGE_COLUMNS
 )
-
-_UNSUPPORTED = object()
-
 
 class Json(str):
     """A JSON document already encoded (the text is stored as is: no second encoding)."""
@@ -205,6 +203,7 @@ def step_write(
     audit_events: list[dict[str, Any]] | None = None,
     async_commit: bool = False,
     spend: tuple[int, Any] | None = None,
+    new_invocation: ToolInvocation | None = None,
 ) -> tuple[bool, int | None] | None:
     """Inside the caller's transaction: the fenced run UPDATE, the step INSERT and the
     invocation outcome UPDATE. Returns (fenced ok, step id), or None when a value needs
@@ -217,7 +216,16 @@ def step_write(
     chains the events (audit migration 0003). ``spend`` (PostgreSQL): (day's spend row,
     delta) -- ``spend_adjust`` in the same statement, when the fence holds. ``async_commit`` (PostgreSQL) sets
     ``synchronous_commit = off`` for the transaction the statement is in: only for writes
-    whose loss in a server crash recovery already handles (``runtime._commit``)."""
+    whose loss in a server crash recovery already handles (``runtime._commit``). Otherwise
+    a statement that appends to the chain commits without waiting for the flush too, and
+    a second tiny transaction waits for it (the commit barrier of console.db_postgresql):
+    the chain lock is not held through the fsync, so concurrent writers' flushes overlap;
+    the caller still returns only once the step is durable.
+
+    ``new_invocation``: a pure read's invocation built by ``invocation_new``, never
+    inserted, its outcome set (``invocation_finish``): INSERTed with the step. The run
+    UPDATE's fence then also requires that the step has no invocation row yet; when it has
+    one, nothing is written and StepHasInvocation is raised."""
     conn = _db()
     if (audit_events or spend) and conn.vendor != "postgresql":
         raise ValueError("audit events and spend join the step statement on PostgreSQL only")
@@ -229,6 +237,11 @@ def step_write(
         step_cols = _step_values(step, run_pk=run_pk, seq=seq, trace_id=trace_id)
         if step_cols is None:
             return None
+    if invocation is not None and new_invocation is not None:
+        raise ValueError("a step either updates its invocation or inserts it, not both")
+    inv_row = None
+    if new_invocation is not None:
+        inv_row = _invocation_row(new_invocation, conn)
     inv_set = None
     if invocation is not None:
         inv_set = _set_clause(ToolInvocation, invocation[1])
@@ -238,8 +251,12 @@ def step_write(
     fence = (f"WHERE {_quote('id', conn)} = %s AND {_quote('lease_token', conn)} = %s "
              f"AND {_quote('status', conn)} = %s")
     fence_params = [run_pk, lease, RunStatus.RUNNING.value]
-    step_table = _quote(Step._meta.db_table, conn)
     inv_table = _quote(ToolInvocation._meta.db_table, conn)
+    unrecorded = f"NOT EXISTS (SELECT 1 FROM {inv_table} WHERE run_id = %s AND step_seq = %s)"
+    if inv_row is not None:
+        fence += f" AND {unrecorded}"
+        fence_params += [run_pk, new_invocation.step_seq]
+    step_table = _quote(Step._meta.db_table, conn)
     inv_pk_field = _fields(ToolInvocation)["id"]
     if conn.vendor == "postgresql":
         sql = [f"WITH r AS (UPDATE {run_table} SET {run_set[0]} {fence} RETURNING id)"]
@@ -249,6 +266,13 @@ def step_write(
             sql.append(
                 f", s AS (INSERT INTO {step_table} ({', '.join(cols)}) "
                 f"SELECT {', '.join(holders)} FROM r RETURNING id)"
+            )
+            params += values
+        if inv_row is not None:
+            cols, holders, values = inv_row
+            sql.append(
+                f", n AS (INSERT INTO {inv_table} ({', '.join(cols)}) "
+                f"SELECT {', '.join(holders)} FROM r)"
             )
             params += values
         if inv_set is not None:
@@ -276,24 +300,50 @@ def step_write(
             )
             for fields in audit_events:
                 params += stage_params(fields)
+        barrier = chain_now and not async_commit
         sql.append(
             "SELECT (SELECT count(*) FROM r), "
             + ("(SELECT id FROM s)" if step_cols is not None else "NULL")
             + (", (SELECT count(*) FROM i)" if inv_set is not None else "")
-            + (", set_config('synchronous_commit', 'off', true)" if async_commit else "")
+            # the statement's snapshot: a row that existed before it (the fence's reason)
+            + (f", {unrecorded}" if inv_row is not None else "")
+            + (", set_config('synchronous_commit', 'off', true)" if async_commit or barrier else "")
             # the statement is its own transaction: append the events at its end, in
             # order, only when the fence held (audit migration 0003)
             + (", (SELECT audit_chain_append_many(%s::jsonb) FROM r)" if chain_now else "")
         )
+        if inv_row is not None:
+            params += [run_pk, new_invocation.step_seq]
         if chain_now:
             params.append(chain_events_json(audit_events))
         with pg_execute(" ".join(sql), params) as pg:
             row = pg.fetchone()
+        if barrier:
+            # its own transaction, synchronous: returns once the WAL is flushed up to its
+            # commit record, which lies after the step's
+            with pg_execute(FLUSH_BARRIER, []):
+                pass
+        if inv_row is not None and not row[2]:  # count(r), step id, then this
+            raise StepHasInvocation(f"step {new_invocation.step_seq} of run {run_pk} has an invocation")
+        if inv_row is not None and row[0]:
+            new_invocation._state.adding = False
+            new_invocation._state.db = conn.alias
         return bool(row[0]), row[1]
     with conn.cursor() as cursor:
+        if inv_row is not None:
+            cursor.execute(f"SELECT {unrecorded}", [run_pk, new_invocation.step_seq])
+            if not cursor.fetchone()[0]:
+                raise StepHasInvocation(f"step {new_invocation.step_seq} of run {run_pk} has one")
         cursor.execute(f"UPDATE {run_table} SET {run_set[0]} {fence}", [*run_set[1], *fence_params])
         if cursor.rowcount != 1:
             return False, None
+        if inv_row is not None:
+            cols, holders, values = inv_row
+            cursor.execute(
+                f"INSERT INTO {inv_table} ({', '.join(cols)}) VALUES ({', '.join(holders)})", values
+            )
+            new_invocation._state.adding = False
+            new_invocation._state.db = conn.alias
         step_id = None
         if step_cols is not None:
             cols, holders, values = step_cols
@@ -309,31 +359,64 @@ def step_write(
         return True, step_id
 
 
+class StepHasInvocation(Exception):
+    """The step already has an invocation row (``step_write`` with ``new_invocation``, or
+    ``invocation_record``): nothing was written; the caller takes the general path."""
+
+
+def _invocation_row(invocation: ToolInvocation, conn) -> tuple[list[str], list[str], list[Any]]:
+    """Columns, placeholders and parameters of ``invocation`` as an INSERT row."""
+    columns, holders, params = [], [], []
+    for field in ToolInvocation._meta.concrete_fields:
+        holder, param = _param(field, getattr(invocation, field.attname), conn)
+        columns.append(_quote(field.column, conn))
+        holders.append(holder)
+        params.append(param)
+    return columns, holders, params
+
+
+def invocation_new(**values: Any) -> ToolInvocation:
+    """An invocation built as the ORM would (defaults applied, ``created_at`` set), not
+    yet inserted: ``invocation_insert`` inserts it now; a pure read's goes into its step's
+    statement instead (``step_write(new_invocation=...)``)."""
+    invocation = ToolInvocation(**values)
+    if invocation.created_at is None:
+        invocation.created_at = timezone.now()
+    return invocation
+
+
 def invocation_insert(*, durable: bool = True, **values: Any) -> ToolInvocation | None:
     """INSERT one invocation unless (run, step) or its key exists already (then None): one
     statement, autocommitted outside a transaction, no savepoint needed inside one (a
     conflict is not an error). ``values`` as for ``ToolInvocation(**values)``.
 
     ``durable=False`` (PostgreSQL, outside a transaction): the commit does not wait for the
-    WAL flush. For calls of tools without side effects only (the broker decides): losing
-    the row in a server crash just means the read runs again on resume."""
-    invocation = ToolInvocation(**values)
-    values = {"id": invocation.id, **values}
-    if values.get("created_at") is None:
-        values["created_at"] = timezone.now()
-    invocation.created_at = values["created_at"]
+    WAL flush (a caller's own transaction is never made asynchronous)."""
+    invocation = invocation_new(**values)
+    return invocation if _insert_row(invocation, durable=durable) else None
+
+
+def invocation_record(invocation: ToolInvocation) -> None:
+    """Inside the caller's transaction: insert a pure read's invocation (built by
+    ``invocation_new``, never inserted; its outcome set by ``invocation_finish``). Raises
+    StepHasInvocation when the step has a row already."""
+    if not _insert_row(invocation, durable=True):
+        raise StepHasInvocation(f"step {invocation.step_seq} of run {invocation.run_id} has an invocation")
+
+
+def invocation_finish(invocation: ToolInvocation, finish: dict[str, Any]) -> ToolInvocation:
+    """The outcome columns (``broker.invocation_finish_fields``) set on an invocation not
+    inserted yet; ``F("attempts") + n`` adds to its own value."""
+    for name, value in finish.items():
+        if isinstance(value, CombinedExpression):  # F("attempts") + n
+            value = getattr(invocation, name) + value.rhs.value
+        setattr(invocation, name, value)
+    return invocation
+
+
+def _insert_row(invocation: ToolInvocation, *, durable: bool) -> bool:
     conn = _db()
-    columns, holders, params = [], [], []
-    for field in ToolInvocation._meta.concrete_fields:
-        value = values[field.attname] if field.attname in values else values.get(field.name, _UNSUPPORTED)
-        if value is _UNSUPPORTED:
-            value = field.get_default()
-        if hasattr(value, "pk") and field.is_relation:
-            value = value.pk
-        holder, param = _param(field, value, conn)
-        columns.append(_quote(field.column, conn))
-        holders.append(holder)
-        params.append(param)
+    columns, holders, params = _invocation_row(invocation, conn)
     sql = (
         f"INSERT INTO {_quote(ToolInvocation._meta.db_table, conn)} ({', '.join(columns)}) "
         f"VALUES ({', '.join(holders)}) ON CONFLICT DO NOTHING"
@@ -348,18 +431,26 @@ def invocation_insert(*, durable: bool = True, **values: Any) -> ToolInvocation 
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             inserted = cursor.rowcount == 1
-    if not inserted:
-        return None
-    invocation._state.adding = False
-    invocation._state.db = conn.alias
-    return invocation
+    if inserted:
+        invocation._state.adding = False
+        invocation._state.db = conn.alias
+    return inserted
 
 
 def json_text(value: Any) -> Json:
     return Json(json.dumps(value, default=str))
 
 
-__all__ = ["Json", "invocation_insert", "json_text", "step_write"]
+__all__ = [
+    "Json",
+    "StepHasInvocation",
+    "invocation_finish",
+    "invocation_insert",
+    "invocation_new",
+    "invocation_record",
+    "json_text",
+    "step_write",
+]
 
 
 @cache

@@ -344,12 +344,14 @@ def _commit(
     audits: list[dict[str, Any]] = (),
     extra: Callable[[int | None], None] | None = None,
     invocation: tuple[Any, dict[str, Any]] | None = None,
+    new_invocation: ToolInvocation | None = None,
     durable_before_return: bool = True,
 ) -> int | None:
     """Persist one step atomically: the run row (fenced by the lease), the step, the
-    invocation's outcome (``invocation``: its pk and columns), extra writes and the audit
-    events. Raises LeaseLost (and writes nothing) when the lease is gone. Returns the
-    step's id; ``extra`` is called with it inside the transaction.
+    invocation's outcome (``invocation``: its pk and columns; ``new_invocation``: a pure
+    read's row, inserted with its outcome), extra writes and the audit events. Raises
+    LeaseLost (and writes nothing) when the lease is gone. Returns the step's id;
+    ``extra`` is called with it inside the transaction.
 
     ``durable_before_return=False`` (the outcome of a tool call that succeeded, on
     PostgreSQL): the commit does not wait for the WAL flush. If the server crashes before
@@ -390,7 +392,7 @@ def _commit(
     ]
     written = None
     rows = dict(run_pk=run.pk, lease=lease, run_fields=fields, step=step, seq=run.next_seq,
-                trace_id=run.trace_id, invocation=invocation)
+                trace_id=run.trace_id, invocation=invocation, new_invocation=new_invocation)
     spend = extra if isinstance(extra, SpendSettle) else None
     if (extra is None or spend is not None) and connection.vendor == "postgresql":
         # The common step: run row, step, invocation outcome and audit events in ONE
@@ -408,7 +410,7 @@ def _commit(
         with transaction.atomic():
             written = hotsql.step_write(**rows)
             if written is None:  # a value the hand-written SQL does not handle: the ORM
-                written = _write_orm(run, lease, fields, step, invocation)
+                written = _write_orm(run, lease, fields, step, invocation, new_invocation)
             if written[0]:
                 if extra is not None:
                     extra(written[1])
@@ -421,10 +423,18 @@ def _commit(
     return row
 
 
-def _write_orm(run, lease, fields, step, invocation) -> tuple[bool, int | None]:
+def _write_orm(run, lease, fields, step, invocation, new_invocation=None) -> tuple[bool, int | None]:
     """The same writes as ``hotsql.step_write`` through the ORM (any other expression)."""
+    if new_invocation is not None and ToolInvocation.objects.filter(
+        run_id=run.pk, step_seq=new_invocation.step_seq
+    ).exists():
+        raise hotsql.StepHasInvocation(
+            f"step {new_invocation.step_seq} of run {run.public_id} has an invocation"
+        )
     if not AgentRun.objects.filter(pk=run.pk, lease_token=lease, status=RunStatus.RUNNING).update(**fields):
         return False, None
+    if new_invocation is not None:
+        new_invocation.save(force_insert=True)
     row = None
     if step is not None:
         values = {k: (json.loads(v) if isinstance(v, hotsql.Json) else v) for k, v in step.items()}
@@ -713,15 +723,28 @@ def _thought(run, lease, began, request, calls, cost, settle) -> str | None:
             extra=settle,
         )
     state = dict(run.state)
-    state["pending"] = {
+    state["pending"] = pending_action(run, action)
+    run_fields["state"] = state
+    _commit(run, lease, began=began, step=step, run_fields=run_fields, audits=[audit], extra=settle)
+    return None
+
+
+# On a pending action: no invocation row exists for its step yet. Set when the model's
+# action is planned; ``_park`` drops it when it records the step's invocation (other paths
+# that record one end the step). A pure read with it skips the durable ``started`` row: its
+# invocation is inserted with its outcome, in the step's statement (broker.invocation_start).
+UNRECORDED = "unrecorded"
+
+
+def pending_action(run: AgentRun, action: dict[str, Any]) -> dict[str, Any]:
+    """The tool call the model proposed, as the run's state holds it until the step ends."""
+    return {
         "seq": run.next_seq,
         "tool": action["tool"],
         "arguments": action["arguments"],
         "rationale": action.get("rationale", ""),
+        UNRECORDED: True,
     }
-    run_fields["state"] = state
-    _commit(run, lease, began=began, step=step, run_fields=run_fields, audits=[audit], extra=settle)
-    return None
 
 
 def _usage(calls: list[ModelResponse]) -> dict[str, int]:
@@ -902,8 +925,10 @@ def _act(
     if not blocking and decision.effect == policy.ALLOW:
         # Fast path, the common case: a fresh step's invocation is inserted already started
         # under this lease (one committed statement: key and proposal durable before the
-        # tool runs). A conflict means the step has an invocation already (resume,
-        # redelivery, approval): the general path below looks it up.
+        # tool runs) -- or, for a pure read on a step with no invocation yet, inserted with
+        # its outcome by the step's own statement. A conflict means the step has an
+        # invocation already (resume, redelivery, approval): the general path below looks
+        # it up.
         started = broker.invocation_start(
             run=run,
             step_seq=pending["seq"],
@@ -913,9 +938,16 @@ def _act(
             decision=decision.effect,
             decision_reason=decision.reason,
             policy_version=decision.policy_version,
+            defer=pending.get(UNRECORDED) is True and broker.pure_read(tool),
         )
         if started is not None:
-            return _execute(run, lease, pending, tool, started, decision, began, started=True)
+            try:
+                return _execute(run, lease, pending, tool, started, decision, began, started=True)
+            except hotsql.StepHasInvocation:
+                # Recorded by an earlier attempt after all (nothing of this one was
+                # written; the read's result is dropped): the general path decides.
+                pending = {k: v for k, v in pending.items() if k != UNRECORDED}
+                run.state = {**run.state, "pending": pending}
 
     invocation = ToolInvocation.objects.filter(run=run, step_seq=pending["seq"]).first()
     if invocation is not None and (
@@ -1115,12 +1147,15 @@ def _park(run, lease, pending, tool, decision, began, invocation) -> str:
     step = _policy_step(
         pending, tool, decision, ok=True, output={"decision": decision.as_dict()}, invocation=invocation
     )
+    # the step has its invocation now: a resumed run must look it up
+    parked = {**run.state, "pending": {k: v for k, v in pending.items() if k != UNRECORDED}}
     try:
         _commit(
             run,
             lease,
             began=began,
             step=step,
+            run_fields={"state": parked},
             status=RunStatus.WAITING_APPROVAL,
             release=True,
             extra=create_request,
@@ -1272,9 +1307,17 @@ def _execute(
 
     finish = broker.invocation_finish_fields(outcome)
     inv_pk = outcome.invocation.pk
+    # a pure read's invocation not inserted yet (broker.invocation_start(defer=True)): it
+    # is inserted with its outcome, in the step's transaction
+    unrecorded = outcome.invocation if outcome.invocation._state.adding else None
+    if unrecorded is not None:
+        hotsql.invocation_finish(unrecorded, finish)
 
     def record(step_row):
-        ToolInvocation.objects.filter(pk=inv_pk).update(**finish)
+        if unrecorded is not None:
+            hotsql.invocation_record(unrecorded)
+        else:
+            ToolInvocation.objects.filter(pk=inv_pk).update(**finish)
 
     step = _policy_step(
         pending,
@@ -1314,13 +1357,16 @@ def _execute(
                 began=began,
                 step=step,
                 run_fields={"state": state},
-                invocation=(inv_pk, finish),
+                invocation=None if unrecorded is not None else (inv_pk, finish),
+                new_invocation=unrecorded,
                 audits=audits,
                 durable_before_return=False,  # see _commit: recovery replays the call
             )
         except LeaseLost:
-            # The side effect happened: record it on the invocation even though the run moved on.
-            ToolInvocation.objects.filter(pk=inv_pk, holder=lease).update(**finish)
+            # The side effect happened: record it on the invocation even though the run
+            # moved on (a pure read's unrecorded call changed nothing: nothing to record).
+            if unrecorded is None:
+                ToolInvocation.objects.filter(pk=inv_pk, holder=lease).update(**finish)
             raise
         return None
     error = outcome.error or {}

@@ -564,11 +564,17 @@ _CANCELLABLE = [s.value for s in ACTIVE_RUN_STATUSES]
 
 def run_cancel(*, actor: Any, run: AgentRun, reason: str = "") -> AgentRun:
     """Cancel a run that has not ended. A worker mid-step stops at its next commit (its
-    lease-fenced write fails); a parked run's pending approval request is cancelled."""
-    from approvals.models import ApprovalRequest, ApprovalStatus
+    lease-fenced write fails); a parked run's pending approval requests are cancelled in
+    the same transaction (``approvals.services.approval_requests_cancel_for_run``, audited
+    one by one)."""
+    from approvals.services import approval_requests_cancel_for_run
 
     reason = (reason or "").strip() or "cancelled on request"
     with transaction.atomic():
+        # Requests before the run: a decision (and the SLA expiry) locks its request row
+        # and then moves the run, so taking the locks in the same order cannot deadlock.
+        # A run that already ended rolls the cancellations back with the Conflict.
+        cancelled = approval_requests_cancel_for_run(run=run, actor=actor, reason=reason)
         updated = AgentRun.objects.filter(pk=run.pk, status__in=_CANCELLABLE).update(
             status=RunStatus.CANCELLED,
             terminal_reason=f"Cancelled by {Actor.of(actor).label}: {reason}",
@@ -579,9 +585,6 @@ def run_cancel(*, actor: Any, run: AgentRun, reason: str = "") -> AgentRun:
         if not updated:
             run.refresh_from_db()
             raise Conflict(f"Run {run.public_id} already ended ({run.status}); nothing to cancel.")
-        cancelled = ApprovalRequest.objects.filter(run=run, status=ApprovalStatus.PENDING).update(
-            status=ApprovalStatus.CANCELLED, decided_at=timezone.now(), decision_reason="run cancelled"
-        )
         audit_record(
             actor=actor,
             action="run.cancelled",
@@ -593,6 +596,34 @@ def run_cancel(*, actor: Any, run: AgentRun, reason: str = "") -> AgentRun:
         )
     run.refresh_from_db()
     return run
+
+
+def run_resume_after_approval(
+    *, run: AgentRun, actor: Any, request_id: Any, outcome: str, now: datetime | None = None
+) -> bool:
+    """Move a parked run ``waiting_approval -> queued`` after its approval request closed
+    (``outcome``: approve, reject or expired), inside the caller's transaction: one
+    conditional UPDATE (so it happens once, whoever calls it), the ``run.resumed`` event,
+    and the resume enqueued on commit. The worker reads the request's outcome. Returns
+    whether this call moved the run."""
+    from agents.tasks import enqueue_run
+
+    now = now or timezone.now()
+    resumed = AgentRun.objects.filter(pk=run.pk, status=RunStatus.WAITING_APPROVAL).update(
+        status=RunStatus.QUEUED, updated_at=now
+    )
+    if resumed:
+        audit_record(
+            actor=actor,
+            action="run.resumed",
+            tenant=run.tenant_id,
+            object_type="run",
+            object_id=run.public_id,
+            trace_id=run.trace_id,
+            payload={"request_id": str(request_id), "decision": outcome},
+        )
+        enqueue_run(run, resume=True)
+    return bool(resumed)
 
 
 def run_sweep(*, now: datetime | None = None, queued_grace: timedelta | None = None) -> list[str]:

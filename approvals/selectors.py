@@ -23,6 +23,7 @@ from guardian.shortcuts import get_objects_for_user
 
 from approvals.models import ApprovalRequest, ApprovalStatus, ReviewQueue
 from console.errors import InvalidInput
+from console.models import Tenant
 from console.roles import ADMIN, has_role
 
 VIEW_PERMS = ["approvals.view_reviewqueue", "approvals.decide_reviewqueue"]
@@ -160,7 +161,13 @@ def after_cursor(qs: QuerySet[ApprovalRequest], cursor: str) -> QuerySet[Approva
 
 def queue_overview(user, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """The user's queues with pending counts, SLA state and whether intake is throttled
-    (two aggregate queries over the pending rows of those queues)."""
+    (two aggregate queries over the pending rows of those queues).
+
+    Queues are shared by tenants and capacity counts every tenant's requests, so
+    ``throttled`` says whether intake is refused; the counts are the user's tenants' only.
+    ``pending_all`` (every tenant's pending requests, the capacity use) is None unless the
+    user sees every tenant (admins, or a member of all of them): a reviewer of one tenant
+    does not learn another tenant's volume."""
     now = now or timezone.now()
     ids = visible_queue_ids(user)
     queues = list(ReviewQueue.objects.filter(pk__in=ids).select_related("escalation_queue"))
@@ -168,6 +175,7 @@ def queue_overview(user, *, now: datetime | None = None) -> list[dict[str, Any]]
     totals = {row["queue_id"]: row["n"] for row in pending.values("queue_id").annotate(n=Count("id"))}
     tenants = member_tenant_ids(user)
     mine = pending if tenants is None else pending.filter(tenant_id__in=tenants)
+    sees_every_tenant = tenants is None or len(set(tenants)) >= Tenant.objects.count()
     rows = {
         row["queue_id"]: row
         for row in mine.values("queue_id").annotate(
@@ -187,7 +195,7 @@ def queue_overview(user, *, now: datetime | None = None) -> list[dict[str, Any]]
             {
                 "queue": queue,
                 "pending": row.get("n", 0),
-                "pending_all": total,
+                "pending_all": total if sees_every_tenant else None,
                 "capacity": queue.capacity,
                 "throttled": total >= queue.capacity,
                 "near": row.get("near", 0),
@@ -217,8 +225,14 @@ def queue_metrics(user, *, now: datetime | None = None, days: int = 7) -> list[d
     ids = visible_queue_ids(user)
     queues = {q.pk: q for q in ReviewQueue.objects.filter(pk__in=ids)}
     durations: dict[Any, list[float]] = {pk: [] for pk in queues}
+    # Queues are shared by tenants: every figure counts only the requests of the tenants
+    # the user belongs to (admins: all), like the lists.
+    scoped = ApprovalRequest.objects.all()
+    tenants = member_tenant_ids(user)
+    if tenants is not None:
+        scoped = scoped.filter(tenant_id__in=tenants)
     decided = (
-        ApprovalRequest.objects.filter(
+        scoped.filter(
             queue_id__in=ids,
             decided_at__gte=since,
             status__in=[ApprovalStatus.APPROVED, ApprovalStatus.REJECTED],
@@ -229,13 +243,13 @@ def queue_metrics(user, *, now: datetime | None = None, days: int = 7) -> list[d
     for queue_id, created, decided_at in decided:
         durations[queue_id].append((decided_at - created).total_seconds() / 60)
     breaches = dict(
-        ApprovalRequest.objects.filter(escalated_from_id__in=ids, escalated_at__gte=since)
+        scoped.filter(escalated_from_id__in=ids, escalated_at__gte=since)
         .values("escalated_from_id")
         .annotate(n=Count("id"))
         .values_list("escalated_from_id", "n")
     )
     oldest = dict(
-        ApprovalRequest.objects.filter(queue_id__in=ids, status=ApprovalStatus.PENDING)
+        scoped.filter(queue_id__in=ids, status=ApprovalStatus.PENDING)
         .values("queue_id")
         .annotate(o=Min("created_at"))
         .values_list("queue_id", "o")

@@ -271,6 +271,7 @@ def approval_decide(
     refusal is audited as ``approval.refused``.
     """
     from agents.models import AgentRun
+    from agents.services import run_resume_after_approval
 
     if decision not in DecisionKind.values:
         raise InvalidInput(f"decision must be one of {', '.join(DecisionKind.values)}.")
@@ -362,7 +363,9 @@ def approval_decide(
                 raise Conflict("This request changed while you decided; reload it.")
             run = AgentRun.objects.get(pk=locked.run_id)
             if final:
-                _resume_run(run=run, actor=actor, request=locked, outcome=decision, now=now)
+                run_resume_after_approval(
+                    run=run, actor=actor, request_id=locked.id, outcome=decision, now=now
+                )
             audit_record(
                 actor=actor,
                 action="approval.decided",
@@ -392,27 +395,49 @@ def approval_decide(
     return request
 
 
-def _resume_run(*, run, actor: Any, request: ApprovalRequest, outcome: str, now) -> bool:
-    """Move the parked run back to ``queued`` and enqueue its resume on commit. The
-    conditional UPDATE makes this happen once, whoever calls it."""
-    from agents.models import AgentRun, RunStatus
-    from agents.tasks import enqueue_run
-
-    resumed = AgentRun.objects.filter(pk=run.pk, status=RunStatus.WAITING_APPROVAL).update(
-        status=RunStatus.QUEUED, updated_at=now
+def approval_requests_cancel_for_run(*, run, actor: Any, reason: str) -> int:
+    """Cancel every pending request of ``run`` (the run was cancelled), one conditional
+    UPDATE and one ``approval.cancelled`` audit event per request, inside the caller's
+    transaction (``agents.services.run_cancel``). The rows are locked first, so a reviewer
+    deciding at the same moment either finishes first (the request is no longer pending
+    and is left alone) or finds it cancelled (409). Returns how many were cancelled."""
+    now = timezone.now()
+    reason = (reason or "").strip() or "run cancelled"
+    cancelled = 0
+    pending = (
+        ApprovalRequest.objects.select_for_update(of=("self",))
+        .select_related("queue")
+        .filter(run=run, status=ApprovalStatus.PENDING)
+        .order_by("created_at", "id")
     )
-    if resumed:
+    for request in pending:
+        done = ApprovalRequest.objects.filter(pk=request.pk, status=ApprovalStatus.PENDING).update(
+            status=ApprovalStatus.CANCELLED,
+            decided_at=now,
+            decision_reason=f"Run cancelled: {reason}"[:2000],
+            claimed_by=None,
+            claim_expires_at=None,
+        )
+        if not done:
+            continue
+        cancelled += 1
         audit_record(
             actor=actor,
-            action="run.resumed",
-            tenant=run.tenant_id,
-            object_type="run",
-            object_id=run.public_id,
-            trace_id=run.trace_id,
-            payload={"request_id": str(request.id), "decision": outcome},
+            action="approval.cancelled",
+            tenant=request.tenant_id,
+            object_type="approval_request",
+            object_id=request.id,
+            trace_id=request.trace_id,
+            policy_version=request.policy_version,
+            payload={
+                "request_id": str(request.id),
+                "queue": request.queue.slug,
+                "tool": request.tool,
+                "reason": reason,
+                "run_id": str(run.public_id),
+            },
         )
-        enqueue_run(run, resume=True)
-    return bool(resumed)
+    return cancelled
 
 
 # --- claiming ---------------------------------------------------------------------------
@@ -576,6 +601,7 @@ def approval_expire(*, request_id, now=None) -> bool:
     the expired request and hands off to a human with a summary (agents.runtime
     ``_resume_after_approval``), which creates the Handoff row."""
     from agents.models import AgentRun
+    from agents.services import run_resume_after_approval
 
     now = now or timezone.now()
     with transaction.atomic():
@@ -593,7 +619,7 @@ def approval_expire(*, request_id, now=None) -> bool:
         request = ApprovalRequest.objects.select_related("queue").get(pk=request_id)
         run = AgentRun.objects.get(pk=request.run_id)
         system = Actor.system("sla-sweep")
-        _resume_run(run=run, actor=system, request=request, outcome="expired", now=now)
+        run_resume_after_approval(run=run, actor=system, request_id=request.id, outcome="expired", now=now)
         audit_record(
             actor=system,
             action="approval.expired",

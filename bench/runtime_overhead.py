@@ -104,9 +104,8 @@ def _run(args) -> int:
         _ = {"n": i}
         bare_ms = (time.perf_counter() - began) * 1000
 
-        run.state = {
-            "pending": {"seq": run.next_seq, "tool": "bench_sleep", "arguments": {"n": i}, "rationale": ""}
-        }
+        # the action as the model step leaves it pending (runtime._thought)
+        run.state = {"pending": runtime.pending_action(run, {"tool": "bench_sleep", "arguments": {"n": i}})}
         began = time.perf_counter()
         outcome = runtime._step(run, lease)
         governed_ms = (time.perf_counter() - began) * 1000

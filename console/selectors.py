@@ -95,7 +95,7 @@ def dashboard_data(*, user, window_hours: int = 24) -> dict[str, Any]:
         "active_total": sum(by_status.get(s, 0) for s in ACTIVE_RUN_STATUSES),
         "task_types": _task_types(recent),
         "spend": _spend(tenants, now),
-        "approvals": _approvals(tenants, now),
+        "approvals": _approvals(user, now),
         "handoffs": _handoffs(tenants, recent),
         "switches": engaged_switches(),
     }
@@ -160,29 +160,20 @@ def _spend(tenants: QuerySet[Tenant], now) -> list[dict[str, Any]]:
     return out
 
 
-def _approvals(tenants: QuerySet[Tenant], now) -> dict[str, Any]:
-    from approvals.models import ApprovalRequest, ApprovalStatus
+def _approvals(user, now) -> dict[str, Any]:
+    """The approvals panel: only the review queues the user holds a permission on, and in
+    them only the requests of the user's tenants (``approvals.selectors.queue_overview``,
+    the same visibility as the approval page and the API). An operator without a queue
+    sees no queue."""
+    from approvals.selectors import queue_overview
 
-    pending = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, tenant__in=tenants)
-    queues = []
-    for row in (
-        pending.values("queue__name", "queue__slug", "queue__sla_minutes")
-        .annotate(
-            open=Count("id"),
-            breached=Count("id", filter=Q(due_at__lt=now)),
-            near=Count("id", filter=Q(due_at__gte=now, due_at__lt=now + timedelta(minutes=30))),
-        )
-        .order_by("queue__name")
-    ):
-        state = "bad" if row["breached"] else "warn" if row["near"] else "ok"
-        queues.append({**row, "state": state})
-    oldest = pending.order_by("due_at").values_list("due_at", flat=True).first()
+    queues = queue_overview(user, now=now)
     return {
-        "open": sum(q["open"] for q in queues),
+        "open": sum(q["pending"] for q in queues),
         "breached": sum(q["breached"] for q in queues),
         "near": sum(q["near"] for q in queues),
         "queues": queues,
-        "next_due": oldest,
+        "next_due": min((q["next_due"] for q in queues if q["next_due"]), default=None),
     }
 
 

@@ -194,6 +194,13 @@ if DATABASE_URL:
     else:
         # Django's PostgreSQL backend plus the audit log's commit barrier (its docstring)
         DATABASES["default"]["ENGINE"] = "console.db_postgresql"
+        # Server-side prepared statements for the step loop's hot statements, which run
+        # with server-side binding (console.db_postgresql.execute): psycopg prepares a
+        # statement after it has run this many times on a connection. Django's own cursors
+        # bind client-side and are never prepared. Django turns preparing off unless told
+        # (for transaction-mode poolers): set DATABASE_PREPARE_THRESHOLD=0 behind one.
+        _threshold = envint("DATABASE_PREPARE_THRESHOLD", 5, minimum=0)
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = _threshold or None
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

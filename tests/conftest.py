@@ -2,7 +2,8 @@
 
 Personas (healthchecks-style): ``operator``, ``lead``, ``lead2``, ``accounts`` (reviewer on
 Account changes only), ``auditor``, ``admin``, ``outsider`` (logged in, no role), and the
-service accounts ``svc_acme`` / ``svc_globex``.
+service accounts ``svc_acme`` / ``svc_globex``; ``globex_lead`` (a Billing credits
+reviewer of tenant globex only).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import connection
 from django.test import Client
 
@@ -151,6 +152,26 @@ admin = _persona("admin")
 outsider = _persona("outsider")
 svc_acme = _persona("svc-acme")
 svc_globex = _persona("svc-globex")
+
+
+@pytest.fixture
+def globex_lead(seeded):
+    """A support lead of tenant globex only, reviewer (view and decide) on "Billing
+    credits", the queue acme's credits go to: queues are shared by tenants, so this is who
+    must see nothing of acme's requests there."""
+    from guardian.shortcuts import assign_perm
+
+    from approvals.models import ReviewQueue
+    from console.models import TenantMembership
+    from console.roles import REVIEWER
+
+    user = User.objects.create_user("globex-lead", password="globex-lead-pass")
+    user.groups.add(Group.objects.get(name=REVIEWER))
+    TenantMembership.objects.create(user=user, tenant=seeded["tenants"]["globex"])
+    queue = ReviewQueue.objects.get(slug="billing-credits")
+    for perm in ("view_reviewqueue", "decide_reviewqueue"):
+        assign_perm(perm, user, queue)
+    return user
 
 
 @pytest.fixture

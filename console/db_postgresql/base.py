@@ -45,7 +45,8 @@ from django.db.backends.utils import debug_transaction
 
 # a transactional logical message: takes an xid and writes WAL, so its COMMIT is a
 # synchronous one that flushes (an xid alone writes no WAL and would not flush)
-BARRIER_SQL = "COMMIT; SELECT pg_logical_emit_message(true, 'acp.audit', '')"
+FLUSH_BARRIER = "SELECT pg_logical_emit_message(true, 'acp.audit', '')"
+BARRIER_SQL = f"COMMIT; {FLUSH_BARRIER}"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 
 

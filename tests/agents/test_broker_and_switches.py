@@ -249,10 +249,27 @@ def test_agent_pause_parks_the_run_as_queued_without_a_worker(start_run, step, o
     assert step(run).status == RunStatus.SUCCEEDED
 
 
-def test_force_approval_switch_turns_allow_into_require_approval(start_run, step, operator):
+def test_force_approval_switch_turns_allow_into_require_approval(
+    start_run, step, operator, admin, pending_request
+):
+    from agents.runtime import UNRECORDED
+
     switch_engage(actor=operator, scope="approval", target="read", reason="audit week")
     run = step(start_run("What plan is customer C-1002 on?"))
     assert run.status == RunStatus.WAITING_APPROVAL
+    # the parked read has its invocation row now, and the pending action says so: when it
+    # resumes, even with approval no longer forced, it must find that row (the decision)
+    pending = run.state["pending"]
+    assert UNRECORDED not in pending
+    parked = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
+    assert parked.state == InvocationState.AWAITING_APPROVAL
+    switch_release(actor=operator, scope="approval", target="read")
+    approval_decide(actor=admin, request=pending_request(run), decision="reject", reason="not today")
+    run = step(run)
+    assert run.status == RunStatus.DENIED and "rejected by admin" in run.terminal_reason
+    # the rejected read never ran: its one row is the rejected proposal
+    assert ToolInvocation.objects.get(run=run, step_seq=pending["seq"]).state == InvocationState.REJECTED
+    assert ToolInvocation.objects.filter(run=run).count() == 1
 
 
 def test_strict_check_in_the_credit_transaction_sees_a_committed_flip(

@@ -48,7 +48,7 @@ def _started_elsewhere(run: AgentRun, pending: dict) -> ToolInvocation:
     return invocation
 
 
-def test_allowed_call_is_committed_started_before_the_tool_runs(start_run):
+def test_allowed_call_records_its_key_outcome_and_holder(start_run):
     run, lease, pending = _planned(start_run)
     assert runtime._step(run, lease) is None
     invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
@@ -72,6 +72,49 @@ def _try_start_again(run, pending):
         decision_reason="",
         policy_version=1,
     )
+
+
+def _seen_from_inside(tool_name, run, seq):
+    """Run the pending step; return the invocation rows of the step as the tool saw them."""
+    tool = get_tool(tool_name)
+    original, seen = tool.func, []
+
+    def look_then_run(ctx, arguments):
+        seen.extend(ToolInvocation.objects.filter(run=run, step_seq=seq).values_list("state", "holder"))
+        return original(ctx, arguments)
+
+    object.__setattr__(tool, "func", look_then_run)  # Tool is frozen; restored below
+    return tool, original, seen
+
+
+def test_call_with_a_side_effect_is_recorded_started_before_it_runs(start_run):
+    run, lease, _ = _planned(start_run)
+    pending = runtime.pending_action(
+        run, {"tool": "draft_reply", "arguments": {"customer": "C-1002", "body": "Hello"}}
+    )
+    run.state = {**run.state, "pending": pending}
+    tool, original, seen = _seen_from_inside("draft_reply", run, pending["seq"])
+    try:
+        assert runtime._step(run, lease) is None
+    finally:
+        object.__setattr__(tool, "func", original)
+    assert seen == [(InvocationState.STARTED, lease)]
+    invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
+    assert invocation.state == InvocationState.SUCCEEDED and invocation.attempts == 1
+
+
+def test_pure_read_is_recorded_with_its_step_not_before(start_run):
+    run, lease, pending = _planned(start_run)
+    tool, original, seen = _seen_from_inside(pending["tool"], run, pending["seq"])
+    try:
+        assert runtime._step(run, lease) is None
+    finally:
+        object.__setattr__(tool, "func", original)
+    assert seen == []  # nothing to protect: a read changes nothing
+    invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
+    tool_step = run.steps.get(kind=StepKind.TOOL)
+    assert tool_step.invocation_id == invocation.pk and invocation.state == InvocationState.SUCCEEDED
+    assert invocation.holder == lease and invocation.attempts == 1 and invocation.started_at is not None
 
 
 def test_resumed_step_does_not_start_a_call_in_flight_elsewhere(start_run):
@@ -141,28 +184,51 @@ def test_hand_written_step_write_stores_what_the_orm_would(start_run):
     assert invocation.created_at is not None and invocation.tenant_id == run.tenant_id
 
 
-def test_tool_step_that_loses_its_lease_writes_no_step_but_records_the_outcome(start_run):
-    run, lease, pending = _planned(start_run)
-    steps = run.steps.count()
-    events = AuditEvent.objects.filter(trace_id=run.trace_id).count()
+def _lose_lease_mid_call(run, lease, tool_name):
+    """Run the pending step while another worker takes the run during the tool call."""
+    tool = get_tool(tool_name)
+    original = tool.func
 
-    original = get_tool(pending["tool"]).func
-
-    def take_over_then_run(ctx, arguments):  # another worker takes the run mid-call
+    def take_over_then_run(ctx, arguments):
         AgentRun.objects.filter(pk=run.pk).update(lease_token="taken-over")
         return original(ctx, arguments)
 
-    tool = get_tool(pending["tool"])
     object.__setattr__(tool, "func", take_over_then_run)  # Tool is frozen; restored below
     try:
         with pytest.raises(runtime.LeaseLost):
             runtime._step(run, lease)
     finally:
         object.__setattr__(tool, "func", original)
-    assert run.steps.count() == steps  # fenced: no step, no audit event
-    assert AuditEvent.objects.filter(trace_id=run.trace_id).count() == events
+
+
+def test_tool_step_that_loses_its_lease_writes_no_step_but_records_the_outcome(start_run):
+    run, lease, _ = _planned(start_run)
+    # a call with a side effect: its invocation is durable before it runs
+    pending = runtime.pending_action(
+        run, {"tool": "draft_reply", "arguments": {"customer": "C-1002", "body": "Hello"}}
+    )
+    run.state = {**run.state, "pending": pending}
+    steps = run.steps.count()
+    events = AuditEvent.objects.filter(trace_id=run.trace_id).count()
+    _lose_lease_mid_call(run, lease, "draft_reply")
+    assert run.steps.count() == steps  # fenced: no step, no step event
+    trail = AuditEvent.objects.filter(trace_id=run.trace_id)
+    assert trail.exclude(action="reply.drafted").count() == events
+    assert trail.filter(action="reply.drafted").count() == 1  # the tool's own record of its effect
     invocation = ToolInvocation.objects.get(run=run, step_seq=pending["seq"])
     assert invocation.state == InvocationState.SUCCEEDED  # the side effect is on record
+
+
+def test_pure_read_that_loses_its_lease_writes_nothing(start_run):
+    run, lease, pending = _planned(start_run)
+    assert pending[runtime.UNRECORDED] is True
+    steps = run.steps.count()
+    events = AuditEvent.objects.filter(trace_id=run.trace_id).count()
+    _lose_lease_mid_call(run, lease, pending["tool"])
+    assert run.steps.count() == steps
+    assert AuditEvent.objects.filter(trace_id=run.trace_id).count() == events
+    # a read changed nothing: no row until a step that holds the lease records it
+    assert not ToolInvocation.objects.filter(run=run, step_seq=pending["seq"]).exists()
 
 
 def test_unsupported_expression_falls_back_to_the_orm(start_run):
@@ -265,3 +331,64 @@ def test_autocommitted_steps_append_their_events_in_order_to_a_valid_chain(start
     if postgres:  # only run_start's and the claim's events (ordinary transactions) staged
         assert staged() - staged_before <= 2
     assert verify_chain().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_durable_step_waits_for_the_flush_after_releasing_the_chain(start_run):
+    """Outside a transaction, a durable step (here the model steps) commits its statement
+    asynchronously -- the audit chain's lock is not held through the fsync -- and then
+    waits for the flush in a tiny synchronous transaction (the commit barrier); a pure
+    read's step, whose loss recovery covers, does not wait at all."""
+    import tempfile
+
+    from django.db import connection
+    from psycopg import pq
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the commit barrier is PostgreSQL's")
+    run = start_run(QUESTION)
+    lease, run = runtime._claim(run_pk=run.pk, worker="pytest")
+    pgconn = connection.connection.pgconn
+    sent = {}
+    for name in ("model", "read"):
+        run = AgentRun.objects.select_related("agent", "tenant").get(pk=run.pk)  # as the loop does
+        with tempfile.TemporaryFile("w+") as trace:
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            try:
+                assert runtime._step(run, lease) is None
+            finally:
+                pgconn.untrace()
+            trace.seek(0)
+            sent[name] = [line for line in trace.read().splitlines() if line.startswith("F\t")]
+    statement = next(m for m in sent["model"] if "audit_chain_append_many" in m)
+    assert "set_config('synchronous_commit', 'off', true)" in statement
+    after = "\n".join(sent["model"][sent["model"].index(statement):])
+    assert "pg_logical_emit_message" in after  # then the barrier, its own transaction
+    read = "\n".join(sent["read"])
+    assert "audit_chain_append_many" in read and "pg_logical_emit_message" not in read
+    assert AuditEvent.objects.filter(trace_id=run.trace_id, action="tool.executed").count() == 1
+
+
+def test_hot_statements_are_prepared_on_postgresql(start_run):
+    """The step statement runs prepared after a few steps (DATABASE_PREPARE_THRESHOLD):
+    the server stops parsing and planning it on every step."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("server-side prepared statements are a PostgreSQL feature")
+    threshold = connection.connection.prepare_threshold
+    assert threshold == 5  # settings' default; Django's own would be None (never)
+    run = start_run(QUESTION)
+    lease, run = runtime._claim(run_pk=run.pk, worker="pytest")
+    for n in range(threshold + 2):
+        run.state = {"pending": runtime.pending_action(
+            run, {"tool": "lookup_subscription", "arguments": {"customer": "C-1002"}}
+        )}
+        assert runtime._step(run, lease) is None, n
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'WITH r AS (UPDATE%%'"
+        )
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert prepared and all("$1" in text for text in prepared)

@@ -385,6 +385,8 @@ def test_cancel_parked_run_cancels_its_request(start_run, step, pending_request,
     assert run.status == RunStatus.CANCELLED
     request.refresh_from_db()
     assert request.status == "cancelled"
+    event = AuditEvent.objects.get(action="approval.cancelled", object_id=str(request.id))
+    assert event.payload["request_id"] == str(request.id) and event.trace_id == run.trace_id
     with pytest.raises(Conflict):
         run_cancel(actor=operator, run=run)
 

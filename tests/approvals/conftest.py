@@ -25,43 +25,49 @@ def parked(start_run, step, pending_request):
     return make
 
 
+def draft_request(run, *, step_seq: int, queue: str = "billing-credits", customer: str = "C-1002",
+                  body: str = "Thanks, we are on it.", summary: str = "Draft a reply", **kwargs):
+    """A pending request on ``run`` for a write_low draft_reply (as a force-approval switch
+    would route it), made directly through the broker and approval_request_create."""
+    from django.db import transaction
+
+    from agents import broker, policy
+    from agents.tools import get_tool
+    from approvals.services import approval_request_create
+
+    with transaction.atomic():
+        invocation = broker.invocation_propose(
+            run=run,
+            step_seq=step_seq,
+            tool=get_tool("draft_reply"),
+            arguments={"customer": customer, "body": body},
+            decision="require_approval",
+            state="awaiting_approval",
+        )
+        decision = policy.Decision(
+            effect=policy.REQUIRE_APPROVAL,
+            reason="forced approval for write_low",
+            policy_version=1,
+            rule_id="test",
+            queue=queue,
+            approvals_required=1,
+        )
+        return approval_request_create(
+            run=run, invocation=invocation, decision=decision, summary=summary, **kwargs
+        )
+
+
 @pytest.fixture
 def low_risk_request(start_run):
     """``low_risk_request(queue="billing-credits")``: a parked run whose pending request is a
     write_low draft_reply (as a force-approval switch would route it), made directly through
     the broker and approval_request_create."""
-    from django.db import transaction
-
-    from agents import broker, policy
     from agents.models import RunStatus
-    from agents.tools import get_tool
-    from approvals.services import approval_request_create
 
     def make(queue: str = "billing-credits", **kwargs):
         run = start_run("Please draft a reply to customer C-1002")
-        tool = get_tool("draft_reply")
-        args = {"customer": "C-1002", "body": "Thanks, we are on it."}
-        with transaction.atomic():
-            invocation = broker.invocation_propose(
-                run=run,
-                step_seq=1,
-                tool=tool,
-                arguments=args,
-                decision="require_approval",
-                state="awaiting_approval",
-            )
-            decision = policy.Decision(
-                effect=policy.REQUIRE_APPROVAL,
-                reason="forced approval for write_low",
-                policy_version=1,
-                rule_id="test",
-                queue=queue,
-                approvals_required=1,
-            )
-            request = approval_request_create(
-                run=run, invocation=invocation, decision=decision, summary="Draft a reply", **kwargs
-            )
-            AgentRun.objects.filter(pk=run.pk).update(status=RunStatus.WAITING_APPROVAL)
+        request = draft_request(run, step_seq=1, queue=queue, **kwargs)
+        AgentRun.objects.filter(pk=run.pk).update(status=RunStatus.WAITING_APPROVAL)
         return run, request
 
     return make

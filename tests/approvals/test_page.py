@@ -117,3 +117,49 @@ def test_bulk_approve_never_applies_to_write_high_and_audits_each(parked, low_ri
     assert statuses[high.id] == ApprovalStatus.PENDING
     decided = AuditEvent.objects.filter(action="approval.decided").values_list("object_id", flat=True)
     assert sorted(decided) == sorted([str(low1.id), str(low2.id)])
+
+
+# --- metrics: the user's queues and tenants only ----------------------------------------
+
+
+def _acme_activity_in_billing_credits(parked, lead) -> None:
+    """In acme, in "Billing credits": one decided request, one escalated out (a breach)
+    and one still pending."""
+    from approvals.services import approval_decide, approval_escalate
+    from tests.approvals.test_sla import shift
+
+    _, decided = parked()
+    approval_decide(actor=lead, request=decided, decision="approve", reason="duplicate charge")
+    _, breached = parked()
+    shift(breached, minutes=241)
+    assert approval_escalate(request_id=breached.pk)
+    parked()
+
+
+def test_metrics_count_only_the_tenants_the_reviewer_belongs_to(parked, lead, globex_lead):
+    from approvals.selectors import queue_metrics
+
+    _acme_activity_in_billing_credits(parked, lead)
+    (theirs,) = queue_metrics(globex_lead)
+    assert theirs["queue"].slug == "billing-credits"
+    assert theirs["decisions"] == 0 and theirs["p50"] is None and theirs["p95"] is None
+    assert theirs["breaches"] == 0 and theirs["backlog_age_min"] is None
+    (control,) = queue_metrics(lead)
+    assert control["decisions"] == 1 and control["breaches"] == 1 and control["backlog_age_min"] is not None
+
+
+def test_approval_page_shows_a_reviewer_of_another_tenant_nothing_of_acme(parked, login, lead, globex_lead):
+    """Neither the metrics table nor the queue card (count, capacity use) carries acme's
+    requests into the page of a globex-only reviewer of the same queue."""
+    _acme_activity_in_billing_credits(parked, lead)
+    html = login(globex_lead).get("/approvals/").content.decode()
+    row = html[html.index('data-metrics="billing-credits"') :]
+    row = row[: row.index("</tr>")]
+    assert "<td>0</td>" in row and "<td data-breaches>0</td>" in row and "min" not in row
+    start = html.index('data-queue="billing-credits"')
+    card = html[start : html.index("</section>", start)]  # their only queue
+    assert '<div class="stat" data-count>0</div>' in card
+    assert "capacity 500" in card and "/500" not in card
+    lead_html = login(lead).get("/approvals/").content.decode()
+    # the control: lead belongs to every tenant and sees the queue's capacity use
+    assert "capacity 1/500" in lead_html and "<td data-breaches>1</td>" in lead_html
