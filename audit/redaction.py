@@ -25,7 +25,9 @@ _SAFE_KEYS = frozenset({"tokens", "prompt_tokens", "completion_tokens", "total_t
                         "output_tokens", "token_count", "idempotency_key_hash"})
 DEFAULT_SENSITIVE_FIELDS = frozenset({"email", "customer_email", "contact_email"})
 
-_CARD_RE = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+# A card number stands on its own: not inside a longer token such as a UUID, whose
+# all-digit groups ("5039-5018-4181-89") can pass the Luhn check by chance.
+_CARD_RE = re.compile(r"(?<![0-9A-Za-z-])(?:\d[ -]?){12,18}\d(?![0-9A-Za-z])")
 _EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _BEARER_RE = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
 _API_TOKEN_RE = re.compile(r"\bacp_[A-Za-z0-9]{6,}_[A-Za-z0-9_-]{10,}")

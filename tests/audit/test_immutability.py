@@ -102,6 +102,9 @@ def test_secrets_and_pii_are_redacted_before_hashing():
             "nested": {"client_secret": "s3cr3t", "tokens": 1234},
             "note": "card 4111 1111 1111 1111 and header Bearer eyJhbGciOiJIUzI1NiJ9.x.y",
             "not_a_card": "order 1234567890123",
+            # a run id whose all-digit groups pass the Luhn check: an identifier, not a card
+            "run_id": "66ad5039-5018-4181-89c3-c4aeb7c4bd71",
+            "paid_with": "(4111-1111-1111-1111)",
             "email": "jane@example.com",
             "comment": "contact jane@example.com",
             "contact": "bob@example.com",
@@ -116,6 +119,8 @@ def test_secrets_and_pii_are_redacted_before_hashing():
     assert "4111" not in stored["note"].replace("****1111", "") and "[CARD ****1111]" in stored["note"]
     assert "eyJhbGci" not in stored["note"]
     assert stored["not_a_card"] == "order 1234567890123"  # fails Luhn: left alone
+    assert stored["run_id"] == "66ad5039-5018-4181-89c3-c4aeb7c4bd71"
+    assert stored["paid_with"] == "([CARD ****1111])"
     assert stored["email"] == "[EMAIL]"          # marked sensitive by default
     assert stored["contact"] == "[EMAIL]"        # marked by the caller
     assert stored["comment"] == "contact jane@example.com"  # free text, not marked
