@@ -127,24 +127,12 @@ def invocation_propose(
 ) -> ToolInvocation:
     """Find or create the invocation of (run, step). Other arguments at the same step, or the
     same key with other arguments, raise IdempotencyConflict."""
-    canonical = json.loads(canonical_json(arguments))
-    digest = arguments_hash(canonical)
-    key = _key(str(run.public_id), step_seq, digest)
+    fields = _invocation_fields(run=run, step_seq=step_seq, tool=tool, arguments=arguments,
+                                decision=decision, decision_reason=decision_reason,
+                                policy_version=policy_version, state=state)
+    digest, key = fields["arg_hash"], fields["idempotency_key"]
     try:  # the common case is a new call: insert first, look up only on a conflict
-        return _insert(
-            run=run,
-            tenant_id=run.tenant_id,
-            step_seq=step_seq,
-            tool=tool.name,
-            tier=tool.tier,
-            arguments=canonical,
-            arg_hash=digest,
-            idempotency_key=key,
-            decision=decision,
-            decision_reason=decision_reason[:2000],
-            policy_version=policy_version,
-            state=state,
-        )
+        return _insert(**fields)
     except IntegrityError:
         existing = ToolInvocation.objects.filter(
             Q(run=run, step_seq=step_seq) | Q(idempotency_key=key)
@@ -164,6 +152,29 @@ def invocation_propose(
             f"step {step_seq} of run {run.public_id} was already proposed with other arguments"
         )
     return existing
+
+
+def _invocation_fields(
+    *, run, step_seq, tool, arguments, decision, decision_reason, policy_version, state
+) -> dict[str, Any]:
+    """The columns of a new invocation of ``tool`` at (run, step): canonical arguments,
+    their hash and the idempotency key derived from them."""
+    canonical = json.loads(canonical_json(arguments))
+    digest = arguments_hash(canonical)
+    return dict(
+        run=run,
+        tenant_id=run.tenant_id,
+        step_seq=step_seq,
+        tool=tool.name,
+        tier=tool.tier,
+        arguments=canonical,
+        arg_hash=digest,
+        idempotency_key=_key(str(run.public_id), step_seq, digest),
+        decision=decision,
+        decision_reason=decision_reason[:2000],
+        policy_version=policy_version,
+        state=state,
+    )
 
 
 def _insert(**fields: Any) -> ToolInvocation:
@@ -215,26 +226,11 @@ def invocation_start(
     decides replay / in flight / conflict / resume after approval."""
     if defer and not pure_read(tool):
         raise ValueError(f"{tool.name} can change something: its invocation must be durable before it runs")
-    canonical = json.loads(canonical_json(arguments))
-    digest = arguments_hash(canonical)
     now = timezone.now()
-    values = dict(
-        run=run,
-        tenant_id=run.tenant_id,
-        step_seq=step_seq,
-        tool=tool.name,
-        tier=tool.tier,
-        arguments=canonical,
-        arg_hash=digest,
-        idempotency_key=_key(str(run.public_id), step_seq, digest),
-        decision=decision,
-        decision_reason=decision_reason[:2000],
-        policy_version=policy_version,
-        state=InvocationState.STARTED,
-        holder=lease_token,
-        started_at=now,
-        created_at=now,
-    )
+    values = _invocation_fields(run=run, step_seq=step_seq, tool=tool, arguments=arguments,
+                                decision=decision, decision_reason=decision_reason,
+                                policy_version=policy_version, state=InvocationState.STARTED)
+    values.update(holder=lease_token, started_at=now, created_at=now)
     if defer:
         return hotsql.invocation_new(**values)
     # Hand-written INSERT ... ON CONFLICT DO NOTHING (agents.hotsql): no ORM compilation,

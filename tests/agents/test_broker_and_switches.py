@@ -272,36 +272,6 @@ def test_force_approval_switch_turns_allow_into_require_approval(
     assert ToolInvocation.objects.filter(run=run).count() == 1
 
 
-def test_strict_check_in_the_credit_transaction_sees_a_committed_flip(
-    start_run, step, pending_request, lead, operator
-):
-    """Engaged after the pre-execution check: the in-transaction re-read still refuses."""
-    from agents import runtime as rt
-
-    run = step(start_run(REFUND))
-    approval_decide(actor=lead, request=pending_request(run), decision="approve", reason="ok")
-    original = rt.switches_active_for
-    calls = []
-
-    def late_flip(**kwargs):
-        found = original(**kwargs)
-        if kwargs.get("tool") == "apply_credit":
-            calls.append(kwargs)
-            if len(calls) == 1:  # in the broker's last check, after it read: before the ledger write
-                switch_engage(actor=operator, scope="tool", target="apply_credit", reason="flipped late")
-        return found
-
-    rt.switches_active_for = late_flip
-    try:
-        run = step(run)
-    finally:
-        rt.switches_active_for = original
-    assert len(calls) == 1 and run.status == RunStatus.KILLED
-    assert "refused: kill switch tool:apply_credit" in run.terminal_reason
-    assert ToolInvocation.objects.get(tool="apply_credit").attempts == 1  # the tool itself refused
-    assert not CreditLedger.objects.exists()
-
-
 @pytest.mark.parametrize(
     ("message", "tool", "queue_user"),
     [(REFUND, "apply_credit", "lead"),
@@ -336,6 +306,7 @@ def test_every_write_to_our_own_tables_rechecks_switches_in_its_transaction(
         rt.switches_active_for = original
     assert flipped and run.status == RunStatus.KILLED
     assert f"{tool} refused: kill switch tool:{tool}" in run.terminal_reason
+    assert ToolInvocation.objects.get(tool=tool).attempts == 1  # the tool itself refused
     assert not CreditLedger.objects.exists()
     assert not AccountChange.objects.exists()
     assert not Customer.objects.exclude(status="active").exists()
