@@ -84,6 +84,46 @@ def machine() -> str:
     )
 
 
+def cpu_by_process(worker_pgid: int | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this machine's processes, grouped: the benchmark
+    itself, the Celery worker's process group, PostgreSQL, Redis, everything else. Linux only
+    (empty elsewhere); subtract two readings to get what a measured window cost."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    groups: dict[str, float] = {}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        pid, pgid = int(entry.name), int(fields[2])
+        seconds = (int(fields[11]) + int(fields[12])) / ticks
+        if name.startswith("postgres"):
+            # backends that ended in the window were reaped by the postmaster: their CPU is
+            # its children's time (a worker that reconnects per task would hide it otherwise)
+            seconds += (int(fields[13]) + int(fields[14])) / ticks
+        if pid == me:
+            group = "benchmark (enqueue + polling)"
+        elif worker_pgid is not None and pgid == worker_pgid:
+            group = "celery worker"
+        elif name.startswith("postgres"):
+            group = "postgresql"
+        elif name.startswith("redis"):
+            group = "redis"
+        else:
+            group = "other"
+        groups[group] = groups.get(group, 0.0) + seconds
+    return groups
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(after))}
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]

@@ -19,7 +19,16 @@ import subprocess
 import sys
 import time
 
-from bench._runtime_common import ROOT, bench_env, create_db, drop_db, machine, setup_django
+from bench._runtime_common import (
+    ROOT,
+    bench_env,
+    cpu_by_process,
+    cpu_delta,
+    create_db,
+    drop_db,
+    machine,
+    setup_django,
+)
 
 MESSAGES = {
     "question": "What plan is customer C-{n} on?",
@@ -62,7 +71,7 @@ def main(argv: list[str]) -> int:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        return _run(args)
+        return _run(args, worker.pid)
     finally:
         if worker is not None:
             os.killpg(worker.pid, 15)
@@ -84,7 +93,7 @@ def _wait_worker(timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _run(args) -> int:
+def _run(args, worker_pgid: int) -> int:
     from django.contrib.auth.models import User
     from django.db.models import Count
 
@@ -110,6 +119,7 @@ def _run(args) -> int:
         time.sleep(0.1)
     baseline = AgentRun.objects.count()
 
+    cpu_before = cpu_by_process(worker_pgid)
     began = time.perf_counter()
     for n in range(args.runs):
         run_start(actor=actor, tenant="acme", message=MESSAGES[args.scenario].format(n=1001 + n % 20))
@@ -117,6 +127,7 @@ def _run(args) -> int:
     while AgentRun.objects.filter(status__in=done).count() < baseline + args.runs:
         time.sleep(0.05)
     elapsed = time.perf_counter() - began
+    cpu = cpu_delta(cpu_before, cpu_by_process(worker_pgid))
     statuses = dict(AgentRun.objects.values_list("status").annotate(n=Count("id")))
     print(f"machine: {machine()}")
     print(
@@ -126,4 +137,12 @@ def _run(args) -> int:
     print(f"enqueue (run_start x {args.runs}): {enqueued:.2f} s ({args.runs / enqueued:.1f}/s)")
     print(f"all parked or ended after {elapsed:.2f} s: {args.runs / elapsed:.1f} runs/s")
     print(f"statuses: {statuses}")
+    if cpu:
+        total = sum(cpu.values())
+        print(
+            f"CPU per run: {total * 1000 / args.runs:.1f} ms "
+            f"({total / elapsed / (os.cpu_count() or 1):.0%} of {os.cpu_count()} CPUs busy)"
+        )
+        for group, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+            print(f"  {group}: {seconds * 1000 / args.runs:.1f} ms")
     return 0

@@ -3,6 +3,14 @@
 Worker liveness is a heartbeat row each worker writes to the database (see
 ``console.heartbeat``): it works the same on Redis and on kombu's filesystem transport,
 which has no broadcast control (ping, inspect).
+
+Database connections outlive a task, as they outlive a request in the web process. Celery's
+Django fix-up closes every connection before and after every task unless
+``CELERY_DB_REUSE_MAX`` is set (settings set it): a new PostgreSQL backend per run cost
+more server CPU than the run itself, and threw away the step loop's prepared statements.
+Instead, around each task, ``close_old_connections`` applies Django's own rules:
+``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS``, and closing a connection left broken or inside a
+transaction. SQLite's ``CONN_MAX_AGE`` is 0, so there it still closes after each task.
 """
 
 import os
@@ -14,6 +22,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _recycle_db_connections(sender=None, **kwargs):
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return  # an eager task runs inside its caller's connection (and maybe transaction)
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 @signals.worker_ready.connect

@@ -257,6 +257,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE: dict = {}
+# Keep database connections across tasks (console/celery.py says why); Celery's fix-up
+# still closes them after this many tasks, and CONN_MAX_AGE after 60 seconds.
+CELERY_DB_REUSE_MAX = 1000
 
 # Worker liveness: every worker writes a heartbeat row; health and the console read it.
 # Works the same on Redis and on the filesystem broker (which has no broadcast control).

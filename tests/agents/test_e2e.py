@@ -123,3 +123,40 @@ def test_worker_killed_mid_apply_credit_resumes_with_exactly_one_credit(
     assert invocation.state == InvocationState.SUCCEEDED and invocation.result["replayed"] is True
     assert AuditEvent.objects.filter(action="credit.applied").count() == 1
     assert AgentRun.objects.get(pk=run.pk).attempts >= 3  # first run, killed worker, survivor
+
+
+def test_a_worker_keeps_its_database_connection_from_task_to_task(runtime, start_worker, start_run):
+    """Celery's Django fix-up would reconnect for every task; settings and console/celery.py
+    keep the connection, as a web process keeps it from request to request."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("counts PostgreSQL sessions")
+    worker = start_worker(concurrency=1)
+    warm = start_run("What plan is customer C-1002 on?", enqueue=True)
+    wait_for(lambda: status_of(warm.public_id) == RunStatus.SUCCEEDED, workers=[worker], what="warm-up")
+
+    def sessions() -> int:  # sessions ever opened on this database
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    before = sessions()
+    runs = [start_run(f"What plan is customer C-100{n} on?", enqueue=True) for n in (1, 2, 3, 4, 5, 6)]
+    for run in runs:
+        wait_for(lambda: status_of(run.public_id) == RunStatus.SUCCEEDED, workers=[worker], what="run")
+    assert worker.output().count("succeeded in") >= 7  # seven tasks in one worker process
+    time.sleep(1.2)  # a backend reports its counters at most once a second
+    # one at most: the warm-up's own connection may report its start only now
+    assert sessions() - before <= 1
+
+    # a kept connection the server dropped between tasks (a restart, a failover) is noticed
+    # by the health check before the next task uses it, not by a failed run
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 1
+    after_drop = start_run("What plan is customer C-1003 on?", enqueue=True)
+    wait_for(lambda: status_of(after_drop.public_id) == RunStatus.SUCCEEDED, workers=[worker], what="rerun")
