@@ -302,16 +302,19 @@ def _active_row() -> tuple[int, Any] | None:
         return cursor.fetchone()
 
 
-def _current_row() -> tuple[int, Any] | None:
+def _current_row(token: str | None = None) -> tuple[int, Any] | None:
     """The active row for a decision, without a database round trip when nothing changed.
 
     A policy is activated only through ``agents.services`` (``policy_create(activate=True)``,
     ``policy_activate``), which bumps the kill switches' version key (``agents.switches``,
     one Redis ``GET`` or one read of the shared file cache) once the activation has
     committed. So the row read under version token T stays the active row for as long as
-    the key still reads T: every decision reads the key (now, not at the start of the step)
-    and reuses the row only when it is unchanged, so an activation is seen by the next
-    decision of every process, as when the row itself was read. The row is always read
+    the key still reads T: every decision reads the key and reuses the row only when it is
+    unchanged, so an activation is seen by the next decision of every process, as when the
+    row itself was read. A step loop decision passes ``token``, the value its step read a
+    moment earlier for the kill switches (``switches.engaged_with_version``, with no wait
+    between the two but the tenant facts): one read of the key per step, and the decision
+    is ordered at that read. The row is always read
     after the token, so a row cached under T is never older than T. Fallbacks, as for the
     switches: the row is re-read at least every ``SWITCHES_CACHE_TTL_SECONDS`` (bounds a
     missed bump and an edit of the table that bypasses the services), on every decision
@@ -325,10 +328,11 @@ def _current_row() -> tuple[int, Any] | None:
 
     if connection.in_atomic_block:
         return _active_row()
-    try:
-        token = switches.read_version()
-    except switches.SwitchStoreUnavailable:
-        return _active_row()  # switches log the outage; the database is the authority
+    if token is None:
+        try:
+            token = switches.read_version()
+        except switches.SwitchStoreUnavailable:
+            return _active_row()  # switches log the outage; the database is the authority
     now = time.monotonic()
     cached = _ACTIVE
     if cached is not None and cached[0] == token and now - cached[1] < switches.cache_ttl():
@@ -371,10 +375,11 @@ def active_policy() -> tuple[int | None, dict[str, Any] | None]:
     return row[0], rules
 
 
-def decide(ctx: ActionContext) -> Decision:
-    """The decision for one proposed action under the active policy. Fails closed."""
+def decide(ctx: ActionContext, *, switch_version: str | None = None) -> Decision:
+    """The decision for one proposed action under the active policy. Fails closed.
+    ``switch_version``: the version token the caller's step has just read (``_current_row``)."""
     try:
-        row = _current_row()
+        row = _current_row(switch_version)
     except Exception as exc:  # the policy store is unreachable: fail closed
         logger.exception("policy store unreachable")
         return Decision(

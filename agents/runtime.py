@@ -251,7 +251,7 @@ def _step(run: AgentRun, lease: str) -> str | None:
     began = time.perf_counter()
     # 1. before every step: the engaged switches (cached per process, validated by the
     # switch version key; see agents.switches)
-    switches = switch_state.engaged()
+    switches, switch_version = switch_state.engaged_with_version()
     stop = _switch_stop(run, lease, switches, began)
     if stop:
         return stop
@@ -262,7 +262,7 @@ def _step(run: AgentRun, lease: str) -> str | None:
         return _finish(run, lease, RunStatus.BUDGET_EXHAUSTED, exhausted, began=began, handoff=True)
     pending = run.state.get("pending")
     if pending:
-        return _act(run, lease, pending, began, switches)
+        return _act(run, lease, pending, began, switches, switch_version)
     return _think(run, lease, began)
 
 
@@ -877,7 +877,12 @@ def _observe(
 
 
 def _act(
-    run: AgentRun, lease: str, pending: dict[str, Any], began: float, step_switches: list | None = None
+    run: AgentRun,
+    lease: str,
+    pending: dict[str, Any],
+    began: float,
+    step_switches: list | None = None,
+    switch_version: str | None = None,
 ) -> str | None:
     name, arguments = pending["tool"], pending["arguments"]
     tool = get_tool(name)
@@ -921,7 +926,7 @@ def _act(
         facts=_facts(run, arguments),
         forced_approval=forced,
     )
-    decision = policy.decide(ctx)
+    decision = policy.decide(ctx, switch_version=switch_version)
     if not blocking and decision.effect == policy.ALLOW:
         # Fast path, the common case: a fresh step's invocation is inserted already started
         # under this lease (one committed statement: key and proposal durable before the

@@ -107,10 +107,10 @@ def chain_events_json(events: list[dict[str, Any]]) -> str:
     and the deferred trigger."""
     rows = []
     for fields in events:
-        row = stage_params(fields)
+        row = [fields[name] for name in STAGE_COLUMNS[:11]]  # the payload as the document
         row[0] = str(row[0])
         row[5] = None if row[5] is None else str(row[5])
-        row[10] = fields["payload"]  # the document itself, not its text
+        row += canonical_parts(fields)
         rows.append(row)
     return json.dumps(rows, ensure_ascii=False)
 

@@ -7,7 +7,8 @@
 - The active policy is remembered per process against the switch version key: an
   activation through the services is seen by the very next decision, whatever the TTL;
   the TTL bounds an edit that bypasses the services; an unreachable version store or a
-  transaction means reading the row every time.
+  transaction means reading the row every time. A step reads the key once for its
+  switches and its decision, and once more right before the tool.
 - ``canonical_json`` (one shared encoder) is byte-identical to ``json.dumps``.
 """
 
@@ -27,7 +28,7 @@ from django.test.utils import CaptureQueriesContext
 from agents import policy, switches
 from agents.broker import canonical_json
 from agents.credentials import CredentialError, credential_issue, credential_verify
-from agents.models import Policy
+from agents.models import AgentRun, Policy
 from agents.services import policy_activate, policy_create
 
 RUN = "2c2a4f6e-0000-4000-8000-000000000000"
@@ -178,6 +179,25 @@ def test_without_the_version_store_every_decision_reads_the_row(runtime, fresh_p
     Policy.objects.update(is_active=False)  # no bump, and none could be read anyway
     denied = policy.decide(CTX)
     assert denied.effect == policy.DENY and "no active policy" in denied.reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tool_step_reads_the_version_key_once_for_its_switches_and_its_policy(
+    runtime, start_run, fresh_policy_cache, monkeypatch
+):
+    from agents import runtime as step_loop
+
+    run = start_run("What plan is customer C-1002 on?")
+    lease, run = step_loop._claim(run_pk=run.pk, worker="pytest")
+    assert step_loop._step(run, lease) is None  # the model step: a lookup pending
+    run = AgentRun.objects.select_related("agent", "tenant").get(pk=run.pk)
+    assert run.state["pending"]["tool"] == "lookup_subscription"
+    reads = []
+    real = switches.read_version
+    monkeypatch.setattr(switches, "read_version", lambda: reads.append(1) or real())
+    assert step_loop._step(run, lease) is None  # the lookup
+    assert run.steps.filter(kind="tool").get().invocation.state == "succeeded"
+    assert len(reads) == 2  # at the step's start (switches, then policy), and right before the tool
 
 
 def test_inside_a_transaction_the_row_is_read(runtime, fresh_policy_cache):

@@ -76,16 +76,24 @@ def test_scenario_over_the_api_with_a_real_worker(runtime, start_worker, token_c
 
 
 def test_same_message_delivered_twice_concurrently_gives_one_credit(
-    runtime, start_worker, start_run, step, lead
+    runtime, start_worker, start_run, step, lead, tmp_path
 ):
+    """Two more copies of the resume message arrive while the first is inside apply_credit
+    (held there, after its ledger write): they find the run leased and leave it alone."""
     from agents.tasks import resume_run_task
 
     run = step(start_run(REFUND))
     request = ApprovalRequest.objects.get(run=run)
-    worker = start_worker(concurrency=2)
+    (tmp_path / "hold").write_text("hold")
+    worker = start_worker(concurrency=2, extra_env={"ACP_TEST_HOLD_DIR": str(tmp_path)})
     approval_decide(actor=lead, request=request, decision="approve", reason="ok")  # enqueues on commit
-    for _ in range(2):  # and the very same message twice more, at once
+    wait_for(lambda: (tmp_path / "apply_credit.reached").exists(), workers=[worker], what="mid-credit")
+    for _ in range(2):  # the very same message twice more, while the first is mid-tool
         resume_run_task.apply_async(args=[str(run.public_id)], task_id=f"dup-{run.public_id}")
+    wait_for(lambda: worker.output().count("is held by another worker") >= 2, workers=[worker],
+             what="both copies turned away during the call")
+    assert (tmp_path / "hold").exists() and CreditLedger.objects.count() == 1
+    (tmp_path / "hold").unlink()
     wait_for(lambda: status_of(run.public_id) == RunStatus.SUCCEEDED, workers=[worker], what="credit")
     wait_for(lambda: worker.output().count("succeeded in") >= 3, workers=[worker], what="3 deliveries")
     assert CreditLedger.objects.count() == 1

@@ -157,3 +157,21 @@ def test_sequence_and_links_are_consistent():
     assert events[0].prev_hash == "0" * 64
     for before, after in itertools.pairwise(events):
         assert after.prev_hash == before.hash
+
+
+@pytest.mark.parametrize("text", [
+    "Bearer abcdefgh12345678", "BEARER abcdefgh12345678", "x acp_abcdef_0123456789abc y",
+    "key sk-0123456789abcdefXYZ", "4111111111111111", "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+    "4111-1111-1111-1111", "jane@example.com", "C-1002", "pro plan", "", "12 34 56",
+])
+def test_the_quick_screen_skips_only_what_no_pattern_would_change(text):
+    from audit import redaction
+
+    for emails in (True, False):
+        unscreened = redaction._BEARER_RE.sub("Bearer " + REDACTED, text)
+        unscreened = redaction._API_TOKEN_RE.sub(REDACTED, unscreened)
+        unscreened = redaction._OPENAI_KEY_RE.sub(REDACTED, unscreened)
+        unscreened = redaction._CARD_RE.sub(redaction._mask_card, unscreened)
+        if emails:
+            unscreened = redaction._EMAIL_RE.sub("[EMAIL]", unscreened)
+        assert redaction.redact_text(text, emails=emails) == unscreened

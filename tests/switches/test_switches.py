@@ -251,6 +251,21 @@ def test_write_tools_read_the_authority_even_when_the_cache_is_stale(runtime, op
         assert switch_state.tool_gate(tool="draft_reply", writes=False) is None  # the cached path
 
 
+def test_without_redis_the_version_is_a_file_every_process_reads(tmp_path, settings):
+    settings.SWITCHES_REDIS_URL = ""
+    settings.VAR_DIR = tmp_path
+    assert switch_state.read_version() == "0"  # never bumped
+    switch_state.bump_version()
+    token = switch_state.read_version()
+    assert token != "0" and (tmp_path / "switches.version").read_text() == token
+    assert [p.name for p in tmp_path.iterdir()] == ["switches.version"]  # no temporary left
+    (tmp_path / "switches.version").unlink()
+    (tmp_path / "switches.version").mkdir()
+    with pytest.raises(switch_state.SwitchStoreUnavailable, match="version file unreadable"):
+        switch_state.read_version()
+    assert "fail closed" in switch_state.tool_gate(tool="draft_reply", writes=True)
+
+
 @override_settings(SWITCHES_REDIS_URL="redis://127.0.0.1:1/0", SWITCHES_REDIS_TIMEOUT_SECONDS=0.2)
 def test_unreachable_switch_store_fails_closed_for_writes_and_reads_keep_working(start_run, step):
     with pytest.raises(switch_state.SwitchStoreUnavailable):
