@@ -34,6 +34,19 @@ def _recycle_db_connections(sender=None, **kwargs):
     close_old_connections()
 
 
+@signals.worker_init.connect
+def _import_the_step_loop(**kwargs):
+    """Import the step loop (with jsonschema, tenacity, the tools) in the worker's main
+    process, before the prefork pool forks: each child then starts its first run warm and
+    shares those pages, where it spent ~0.8 s of CPU importing them (docs/benchmarks.md).
+    Django's fix-up has set Django up by now (its worker_init receiver runs first); only
+    modules are loaded, no connection is opened."""
+    from django.apps import apps
+
+    if apps.ready:
+        import agents.runtime  # noqa: F401
+
+
 @signals.worker_ready.connect
 def _start_heartbeat(sender=None, **kwargs):
     from console.heartbeat import start_heartbeat
