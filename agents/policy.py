@@ -52,6 +52,14 @@ _CONDITION = {
         "value": {},
     },
     "oneOf": [{"required": ["arg"]}, {"required": ["fact"]}],
+    # "in" takes a list (a string would match its substrings: "other" in "other_tenant"),
+    # and a threshold a number (a string would fail every decision closed at run time).
+    "allOf": [
+        {"if": {"properties": {"op": {"enum": ["in", "not_in"]}}},
+         "then": {"properties": {"value": {"type": "array"}}}},
+        {"if": {"properties": {"op": {"enum": ["gt", "gte", "lt", "lte"]}}},
+         "then": {"properties": {"value": {"type": "number"}}}},
+    ],
 }
 _STR_OR_LIST = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 RULES_SCHEMA: dict[str, Any] = {

@@ -846,7 +846,8 @@ def _facts(run: AgentRun, arguments: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     code = arguments.get("customer")
     if isinstance(code, str):
-        owners = set(Customer.objects.filter(code=code).values_list("tenant_id", flat=True))
+        # a set: no ordering (the model's would join the tenant table to sort)
+        owners = set(Customer.objects.filter(code=code).order_by().values_list("tenant_id", flat=True))
         if run.tenant_id in owners:
             facts["customer_scope"] = "own_tenant"
         elif owners:

@@ -33,15 +33,17 @@ TRUNCATED = "…[truncated]"
 
 
 def _customer(claims, code: str) -> Customer:
-    customer = Customer.objects.filter(tenant_id=claims.tenant_id, code=code).first()
-    if customer is None:
+    # get(), not first(): (tenant, code) is unique, and first() would sort by the model's
+    # ordering, which joins the tenant table to sort one row by its slug
+    try:
+        return Customer.objects.get(tenant_id=claims.tenant_id, code=code)
+    except Customer.DoesNotExist:
         raise ToolError(
             f"Customer {code} not found in tenant {claims.tenant_slug}. Check the code "
             "(e.g. C-1001); customers of other tenants are never visible.",
             failure_class="data",
             code="not_found",
-        )
-    return customer
+        ) from None
 
 
 def _dollars(cents: int) -> str:
@@ -65,7 +67,10 @@ def lookup_subscription(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any
     claims = ctx.claims("lookup_subscription")
     customer = _customer(claims, args["customer"])
     subscriptions = []
-    for sub in Subscription.objects.filter(tenant_id=claims.tenant_id, customer=customer)[:5]:
+    # one customer's subscriptions, oldest first (the model's ordering would join two
+    # tables to sort them by tenant slug and customer code, equal for all of them)
+    subscriptions_of_customer = Subscription.objects.filter(tenant_id=claims.tenant_id, customer=customer)
+    for sub in subscriptions_of_customer.order_by("started_on", "pk")[:5]:
         charges = list(sub.charges)[-12:]
         by_month: dict[str, list[dict]] = {}
         for charge in charges:

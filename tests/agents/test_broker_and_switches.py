@@ -330,6 +330,20 @@ def test_exactly_one_policy_is_active(runtime, operator):
     assert created.get(object_id=str(v2.version)).actor_label == "operator"
 
 
+@pytest.mark.parametrize(("condition", "message"), [
+    ({"fact": "customer_scope", "op": "in", "value": "other_tenant"}, "is not of type 'array'"),
+    ({"arg": "amount_cents", "op": "gt", "value": "100000"}, "is not of type 'number'"),
+    ({"arg": "amount_cents", "op": "between", "value": 1}, "is not one of"),
+])
+def test_a_condition_whose_value_cannot_work_with_its_op_is_refused(runtime, operator, condition, message):
+    from agents.policy import DEFAULT_RULES
+
+    rules = {**DEFAULT_RULES, "rules": [{"id": "r", "effect": "deny", "when": [condition]}]}
+    with pytest.raises(InvalidInput, match=rf"policy rules invalid at rules/0/when/0.*{message}"):
+        policy_create(actor=operator, rules=rules)
+    assert list(Policy.objects.values_list("version", flat=True)) == [1]  # nothing written
+
+
 @postgres_only
 def test_a_final_run_status_is_final_in_the_database(start_run, step):
     run = step(start_run("What plan is customer C-1002 on?"))
