@@ -24,7 +24,7 @@ from guardian.shortcuts import get_objects_for_user
 from approvals.models import ApprovalRequest, ApprovalStatus, ReviewQueue
 from console.errors import InvalidInput
 from console.models import Tenant
-from console.roles import ADMIN, has_role
+from console.roles import ADMIN, OPERATOR, has_role
 
 VIEW_PERMS = ["approvals.view_reviewqueue", "approvals.decide_reviewqueue"]
 
@@ -159,9 +159,20 @@ def after_cursor(qs: QuerySet[ApprovalRequest], cursor: str) -> QuerySet[Approva
     return qs.filter(Q(due_at__gt=due_at) | Q(due_at=due_at, id__gt=pk))
 
 
-def queue_overview(user, *, now: datetime | None = None) -> list[dict[str, Any]]:
+def watched_queue_ids(user) -> list[uuid.UUID]:
+    """Queues whose SLA figures ``user`` may watch: the queues they may see, and every
+    queue for operators, who watch queue SLAs without reviewing (counts and SLA state
+    only: opening a queue or a request still needs a permission on the queue)."""
+    if has_role(user, OPERATOR):
+        return list(ReviewQueue.objects.values_list("pk", flat=True))
+    return visible_queue_ids(user)
+
+
+def queue_overview(user, *, now: datetime | None = None, watch: bool = False) -> list[dict[str, Any]]:
     """The user's queues with pending counts, SLA state and whether intake is throttled
-    (two aggregate queries over the pending rows of those queues).
+    (two aggregate queries over the pending rows of those queues). ``watch``: the queues
+    of ``watched_queue_ids`` (the dashboard); each row says whether the user may open the
+    queue (``reviewable``).
 
     Queues are shared by tenants and capacity counts every tenant's requests, so
     ``throttled`` says whether intake is refused; the counts are the user's tenants' only.
@@ -169,7 +180,8 @@ def queue_overview(user, *, now: datetime | None = None) -> list[dict[str, Any]]
     user sees every tenant (admins, or a member of all of them): a reviewer of one tenant
     does not learn another tenant's volume."""
     now = now or timezone.now()
-    ids = visible_queue_ids(user)
+    visible = set(visible_queue_ids(user))
+    ids = watched_queue_ids(user) if watch else list(visible)
     queues = list(ReviewQueue.objects.filter(pk__in=ids).select_related("escalation_queue"))
     pending = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, queue_id__in=ids)
     totals = {row["queue_id"]: row["n"] for row in pending.values("queue_id").annotate(n=Count("id"))}
@@ -204,6 +216,7 @@ def queue_overview(user, *, now: datetime | None = None) -> list[dict[str, Any]]
                 "backlog_age": (now - row["oldest"]) if row.get("oldest") else None,
                 "next_due": row.get("next_due"),
                 "sla_state": state,
+                "reviewable": queue.pk in visible,
             }
         )
     return out

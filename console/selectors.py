@@ -161,14 +161,16 @@ def _spend(tenants: QuerySet[Tenant], now) -> list[dict[str, Any]]:
 
 
 def _approvals(user, now) -> dict[str, Any]:
-    """The approvals panel: only the review queues the user holds a permission on, and in
-    them only the requests of the user's tenants (``approvals.selectors.queue_overview``,
-    the same visibility as the approval page and the API). An operator without a queue
-    sees no queue."""
+    """The approvals panel: the review queues the user holds a permission on, and every
+    queue for operators, who watch queue SLAs (``approvals.selectors.watched_queue_ids``);
+    in them only the requests of the user's tenants (``approvals.selectors.queue_overview``).
+    Counts and SLA state only: a queue links to the approval page only where the user may
+    open it."""
     from approvals.selectors import queue_overview
 
-    queues = queue_overview(user, now=now)
+    queues = queue_overview(user, now=now, watch=True)
     return {
+        "reviews": any(q["reviewable"] for q in queues),
         "open": sum(q["pending"] for q in queues),
         "breached": sum(q["breached"] for q in queues),
         "near": sum(q["near"] for q in queues),

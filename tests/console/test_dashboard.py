@@ -29,10 +29,15 @@ def test_dashboard_shows_runs_outcomes_spend_approvals_and_engaged_switches(
     assert 'data-engaged-switches="1"' in page and "tool:apply_credit" in page
     assert 'data-status="Succeeded"' in page and 'data-intent="general_question"' in page
     assert 'data-tenant="acme"' in page and "<svg" in page
-    # the operator holds no review queue: the approvals panel shows none
-    assert "data-no-queues" in page and "data-open-approvals" not in page
-    reviewer = login(lead).get("/").content.decode()
-    assert '<span class="stat" data-open-approvals>1</span>' in reviewer
+    # the operator holds no review queue but watches every queue's SLA: counts and state,
+    # no way into a queue (the approval page stays a 404 for them)
+    panel = _panel(page)
+    assert '<span class="stat" data-open-approvals>1</span>' in panel and "SLA watch" in panel
+    assert 'data-queue="billing-credits"' in panel and "/approvals" not in panel
+    assert client.get("/approvals/?queue=billing-credits").status_code == 404
+    reviewer = _panel(login(lead).get("/").content.decode())
+    assert '<span class="stat" data-open-approvals>1</span>' in reviewer and "your review queues" in reviewer
+    assert 'href="/approvals/?queue=billing-credits"' in reviewer
     assert 'hx-trigger="every' in page
     live = client.get("/", HTTP_HX_REQUEST="true").content.decode()
     assert "<html" not in live and 'data-panel="status"' in live
