@@ -261,20 +261,13 @@ def step_write(
     if conn.vendor == "postgresql":
         sql = [f"WITH r AS (UPDATE {run_table} SET {run_set[0]} {fence} RETURNING id)"]
         params: list[Any] = [*run_set[1], *fence_params]
+        # each INSERT selects from r: no row when the fence failed
         if step_cols is not None:
-            cols, holders, values = step_cols
-            sql.append(
-                f", s AS (INSERT INTO {step_table} ({', '.join(cols)}) "
-                f"SELECT {', '.join(holders)} FROM r RETURNING id)"
-            )
-            params += values
+            sql.append(_insert_cte("s", step_table, step_cols, returning=True))
+            params += step_cols[2]
         if inv_row is not None:
-            cols, holders, values = inv_row
-            sql.append(
-                f", n AS (INSERT INTO {inv_table} ({', '.join(cols)}) "
-                f"SELECT {', '.join(holders)} FROM r)"
-            )
-            params += values
+            sql.append(_insert_cte("n", inv_table, inv_row))
+            params += inv_row[2]
         if inv_set is not None:
             sql.append(
                 f", i AS (UPDATE {inv_table} SET {inv_set[0]} WHERE id = %s "
@@ -326,8 +319,7 @@ def step_write(
         if inv_row is not None and not row[2]:  # count(r), step id, then this
             raise StepHasInvocation(f"step {new_invocation.step_seq} of run {run_pk} has an invocation")
         if inv_row is not None and row[0]:
-            new_invocation._state.adding = False
-            new_invocation._state.db = conn.alias
+            _mark_saved(new_invocation, conn)
         return bool(row[0]), row[1]
     with conn.cursor() as cursor:
         if inv_row is not None:
@@ -342,8 +334,7 @@ def step_write(
             cursor.execute(
                 f"INSERT INTO {inv_table} ({', '.join(cols)}) VALUES ({', '.join(holders)})", values
             )
-            new_invocation._state.adding = False
-            new_invocation._state.db = conn.alias
+            _mark_saved(new_invocation, conn)
         step_id = None
         if step_cols is not None:
             cols, holders, values = step_cols
@@ -357,6 +348,15 @@ def step_write(
                 [*inv_set[1], inv_pk_field.get_db_prep_save(invocation[0], connection)],
             )
         return True, step_id
+
+
+def _insert_cte(name: str, table: str, row: tuple[list[str], list[str], list[Any]], *,
+                returning: bool = False) -> str:
+    """``, name AS (INSERT INTO table (...) SELECT ... FROM r [RETURNING id])``: the row
+    is inserted only when the fenced run UPDATE ``r`` matched."""
+    cols, holders, _ = row
+    return (f", {name} AS (INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(holders)} FROM r"
+            + (" RETURNING id)" if returning else ")"))
 
 
 class StepHasInvocation(Exception):
@@ -432,9 +432,15 @@ def _insert_row(invocation: ToolInvocation, *, durable: bool) -> bool:
             cursor.execute(sql, params)
             inserted = cursor.rowcount == 1
     if inserted:
-        invocation._state.adding = False
-        invocation._state.db = conn.alias
+        _mark_saved(invocation, conn)
     return inserted
+
+
+def _mark_saved(invocation: ToolInvocation, conn) -> None:
+    """As ``Model.save`` leaves an instance it inserted (the runtime tells an invocation
+    not inserted yet by ``_state.adding``)."""
+    invocation._state.adding = False
+    invocation._state.db = conn.alias
 
 
 def json_text(value: Any) -> Json:

@@ -122,8 +122,12 @@ def _write_version_file(token: str) -> None:
     path = Path(_version_file())
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{token}")
-    temporary.write_text(token)
-    os.replace(temporary, path)  # atomic: a reader sees the old token or the new one
+    try:
+        temporary.write_text(token)
+        os.replace(temporary, path)  # atomic: a reader sees the old token or the new one
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a full disk leaves no half-written temporary
+        raise
 
 
 def bump_version() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 from approvals.models import ApprovalRequest, Handoff
-from approvals.selectors import member_tenant_ids, visible_queue_ids
+from approvals.selectors import member_tenant_ids, of_tenants, visible_queue_ids
 from console.errors import NotFound
 from console.roles import ADMIN, OPERATOR, REVIEWER, has_role
 
@@ -46,11 +46,7 @@ def may_work_handoffs(user) -> bool:
 def handoffs_visible_to(user):
     if not may_work_handoffs(user):
         return Handoff.objects.none()
-    qs = Handoff.objects.all()
-    tenants = member_tenant_ids(user)
-    if tenants is not None:
-        qs = qs.filter(tenant_id__in=tenants)
-    return qs
+    return of_tenants(Handoff.objects.all(), member_tenant_ids(user))
 
 
 def handoff_for_person(*, user, handoff_id: str) -> Handoff:

@@ -55,12 +55,16 @@ def member_tenant_ids(user) -> list | None:
     return list(TenantMembership.objects.filter(user=user).values_list("tenant_id", flat=True))
 
 
+def of_tenants(qs: QuerySet, tenants: list | None) -> QuerySet:
+    """``qs`` (requests, handoffs) narrowed to ``tenants`` as ``member_tenant_ids`` gives
+    them (None: every tenant). Queues are shared by tenants: every list and figure of
+    requests goes through this."""
+    return qs if tenants is None else qs.filter(tenant_id__in=tenants)
+
+
 def requests_visible_to(user) -> QuerySet[ApprovalRequest]:
     qs = ApprovalRequest.objects.filter(queue_id__in=visible_queue_ids(user))
-    tenants = member_tenant_ids(user)
-    if tenants is not None:
-        qs = qs.filter(tenant_id__in=tenants)
-    return qs
+    return of_tenants(qs, member_tenant_ids(user))
 
 
 def sla_state(request: ApprovalRequest, now: datetime | None = None) -> str:
@@ -186,7 +190,7 @@ def queue_overview(user, *, now: datetime | None = None, watch: bool = False) ->
     pending = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, queue_id__in=ids)
     totals = {row["queue_id"]: row["n"] for row in pending.values("queue_id").annotate(n=Count("id"))}
     tenants = member_tenant_ids(user)
-    mine = pending if tenants is None else pending.filter(tenant_id__in=tenants)
+    mine = of_tenants(pending, tenants)
     sees_every_tenant = tenants is None or len(set(tenants)) >= Tenant.objects.count()
     rows = {
         row["queue_id"]: row
@@ -238,12 +242,9 @@ def queue_metrics(user, *, now: datetime | None = None, days: int = 7) -> list[d
     ids = visible_queue_ids(user)
     queues = {q.pk: q for q in ReviewQueue.objects.filter(pk__in=ids)}
     durations: dict[Any, list[float]] = {pk: [] for pk in queues}
-    # Queues are shared by tenants: every figure counts only the requests of the tenants
-    # the user belongs to (admins: all), like the lists.
-    scoped = ApprovalRequest.objects.all()
-    tenants = member_tenant_ids(user)
-    if tenants is not None:
-        scoped = scoped.filter(tenant_id__in=tenants)
+    # every figure counts only the requests of the user's tenants, like the lists (not
+    # requests_visible_to: a breach is counted in the queue it escalated out of)
+    scoped = of_tenants(ApprovalRequest.objects.all(), member_tenant_ids(user))
     decided = (
         scoped.filter(
             queue_id__in=ids,

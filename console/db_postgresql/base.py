@@ -39,6 +39,8 @@ with Django's stock backend the same code stages at record time and commits sync
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg
 from django.db.backends.postgresql import base
 from django.db.backends.utils import debug_transaction
@@ -113,7 +115,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
                     cursor.execute(f"BEGIN; {sql}", params)
             except BaseException:
                 if raw.info.transaction_status != _IDLE:
-                    raw.execute("ROLLBACK")
+                    # best effort: on a broken connection this fails too, and the error
+                    # the caller must see is the one above
+                    with contextlib.suppress(Exception):
+                        raw.execute("ROLLBACK")
                 raise
             finally:
                 raw.autocommit = False

@@ -251,7 +251,7 @@ def test_write_tools_read_the_authority_even_when_the_cache_is_stale(runtime, op
         assert switch_state.tool_gate(tool="draft_reply", writes=False) is None  # the cached path
 
 
-def test_without_redis_the_version_is_a_file_every_process_reads(tmp_path, settings):
+def test_without_redis_the_version_is_a_file_every_process_reads(tmp_path, settings, monkeypatch):
     settings.SWITCHES_REDIS_URL = ""
     settings.VAR_DIR = tmp_path
     assert switch_state.read_version() == "0"  # never bumped
@@ -259,6 +259,18 @@ def test_without_redis_the_version_is_a_file_every_process_reads(tmp_path, setti
     token = switch_state.read_version()
     assert token != "0" and (tmp_path / "switches.version").read_text() == token
     assert [p.name for p in tmp_path.iterdir()] == ["switches.version"]  # no temporary left
+    # a bump that cannot replace the file (full disk, say) leaves no temporary either, and
+    # the flip that asked for it goes on: readers catch up within the TTL
+    import os
+
+    def refuse(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    switch_state.bump_version()
+    monkeypatch.undo()
+    assert switch_state.read_version() == token
+    assert [p.name for p in tmp_path.iterdir()] == ["switches.version"]
     (tmp_path / "switches.version").unlink()
     (tmp_path / "switches.version").mkdir()
     with pytest.raises(switch_state.SwitchStoreUnavailable, match="version file unreadable"):
