@@ -7,6 +7,8 @@ IMMEDIATE, see tests/conftest.py).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 
@@ -199,4 +201,31 @@ def test_events_recorded_after_other_statements_travel_with_the_commit(acme):
             _record("y")  # a released savepoint keeps its event
         _record("z")
     assert _labels() == ["x", "y", "z"]
+    assert verify_chain().ok
+
+
+def test_append_many_chains_its_events_in_array_order_after_the_head():
+    """``audit_chain_append_many`` (the runtime's autocommitted step statements, migration
+    0005): one lock, the events appended in the array's order after the current head, with
+    the same hashes as the COMMIT trigger's (the chain verifies); an empty array writes
+    nothing."""
+    from audit.services import audit_fields, chain_events_json
+
+    _record("before")
+    events = [
+        audit_fields(actor=Actor.system("tests"), action="run.step", object_type="run",
+                     object_id=label, payload={"label": label, "n": n}, tenant=None)
+        for n, label in enumerate(["first", "second", "third"])
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT audit_chain_append_many(%s::jsonb)", [chain_events_json(events)])
+        assert cursor.fetchone()[0] == 3
+        cursor.execute("SELECT audit_chain_append_many('[]'::jsonb)")
+        assert cursor.fetchone()[0] == 0
+    _record("after")
+    assert _labels()[-5:] == ["before", "first", "second", "third", "after"]
+    rows = list(AuditEvent.objects.order_by("seq"))[-5:]
+    assert [r.seq for r in rows] == list(range(rows[0].seq, rows[0].seq + 5))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
+    assert rows[2].payload == {"label": "second", "n": 1}
     assert verify_chain().ok
