@@ -114,14 +114,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 with psycopg.ClientCursor(raw) as cursor:
                     cursor.execute(f"BEGIN; {sql}", params)
             except BaseException:
-                if raw.info.transaction_status != _IDLE:
-                    # best effort: on a broken connection this fails too, and the error
-                    # the caller must see is the one above
-                    with contextlib.suppress(Exception):
+                # best effort: on a broken connection these fail too, and the error the
+                # caller must see is the one above (Django's atomic then closes it)
+                with contextlib.suppress(Exception):
+                    if raw.info.transaction_status != _IDLE:
                         raw.execute("ROLLBACK")
+                    raw.autocommit = False
                 raise
-            finally:
-                raw.autocommit = False
+            raw.autocommit = False
         return None
 
     def _rollback(self):

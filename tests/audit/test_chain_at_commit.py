@@ -229,3 +229,23 @@ def test_append_many_chains_its_events_in_array_order_after_the_head():
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
     assert rows[2].payload == {"label": "second", "n": 1}
     assert verify_chain().ok
+
+
+def test_a_commit_on_a_dead_connection_raises_its_own_error_not_the_rollbacks(acme):
+    """The audit-only transaction's one-message BEGIN ... COMMIT fails because the server
+    ended the session: the caller sees that failure, not the best-effort clean-up's
+    (ROLLBACK: "the connection is closed"; restoring autocommit: "the connection is
+    lost"), nothing is written, and the next transaction works on a new connection."""
+    import psycopg
+    from django.db import OperationalError
+
+    with pytest.raises(OperationalError) as failure, transaction.atomic():
+        _record("lost")
+        pid = connection.connection.info.backend_pid
+        with psycopg.connect(**connection.get_connection_params(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    assert "terminating connection due to administrator command" in str(failure.value)
+    connection.close()
+    _record("after")
+    assert "lost" not in _labels() and _labels()[-1] == "after"
+    assert verify_chain().ok
