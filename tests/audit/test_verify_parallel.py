@@ -7,6 +7,7 @@ be committed: these tests use real transactions.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -24,6 +25,35 @@ def both(**kwargs) -> tuple[tuple, tuple]:
     parallel = verify_chain(workers=3, **kwargs)
     shape = lambda r: (r.ok, r.checked, r.first_bad_seq, r.head_seq, r.head_hash)  # noqa: E731
     return shape(single), shape(parallel)
+
+
+_PIDS_FILE = "ACP_TEST_VERIFY_PIDS"
+_ORIGINAL: dict = {}  # set before the fork: the children inherit it
+
+
+def _range_in_recorded_process(job):
+    """``audit.verify._verify_range`` that also notes which process ran it (a module-level
+    function: the pool pickles it by name, the forked children find it)."""
+    with open(os.environ[_PIDS_FILE], "a") as out:
+        out.write(f"{os.getpid()}\n")
+    return _ORIGINAL["range"](job)
+
+
+def test_ranges_are_verified_in_child_processes(monkeypatch, tmp_path):
+    """The parallel walk really forks: each of the 3 ranges runs in a pool process, none
+    in this one, and together they report what the single walk reports."""
+    from audit import verify
+
+    write_events(TOTAL)
+    pids = tmp_path / "pids"
+    monkeypatch.setenv(_PIDS_FILE, str(pids))
+    _ORIGINAL["range"] = verify._verify_range
+    monkeypatch.setattr(verify, "_verify_range", _range_in_recorded_process)
+    result = verify_chain(workers=3)
+    seen = pids.read_text().split()
+    assert len(seen) == 3 and str(os.getpid()) not in seen
+    assert (result.ok, result.checked) == (True, TOTAL)
+    assert result.as_dict() == verify_chain(workers=1).as_dict()
 
 
 def test_intact_chain_same_result():
