@@ -116,9 +116,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
             except BaseException:
                 # best effort: on a broken connection these fail too, and the error the
                 # caller must see is the one above (Django's atomic then closes it)
-                with contextlib.suppress(Exception):
-                    if raw.info.transaction_status != _IDLE:
+                if raw.info.transaction_status != _IDLE:
+                    with contextlib.suppress(Exception):
                         raw.execute("ROLLBACK")
+                with contextlib.suppress(Exception):
                     raw.autocommit = False
                 raise
             raw.autocommit = False
