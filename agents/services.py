@@ -100,10 +100,9 @@ def switches_active_for(
 GLOBAL_TARGETS = ("", "*", "-", "all")
 
 
-def _validate_switch_target(scope: str, target: str) -> str:
-    from agents.planner import INTENTS
-    from agents.tools import REGISTRY
-
+def _switch_target(scope: str, target: str) -> str:
+    """The stored form of ``scope:target`` (global: '', memory: '*' for all), without
+    asking whether the target exists."""
     if scope not in SwitchScope.values:
         raise InvalidInput(f"Unknown switch scope {scope!r}; use one of {', '.join(SwitchScope.values)}.")
     target = (target or "").strip()
@@ -112,14 +111,27 @@ def _validate_switch_target(scope: str, target: str) -> str:
             raise InvalidInput("The global switch has no target; use '-', 'all' or '*'.")
         return ""
     if scope == SwitchScope.MEMORY:
-        target = "*" if target in GLOBAL_TARGETS else target
+        return "*" if target in GLOBAL_TARGETS else target
+    if not target:
+        raise InvalidInput(f"A {scope} switch needs a target (e.g. a tool name).")
+    return target
+
+
+def _validate_switch_target(scope: str, target: str) -> str:
+    """``_switch_target``, and the target must exist now (a tool in the registry, a known
+    intent, an agent)."""
+    from agents.planner import INTENTS
+    from agents.tools import REGISTRY
+
+    target = _switch_target(scope, target)
+    if scope == SwitchScope.GLOBAL:
+        return target
+    if scope == SwitchScope.MEMORY:
         if target != "*" and not Agent.objects.filter(slug=target).exists():
             raise InvalidInput(
                 f"Memory freeze targets '*' (all memory) or an agent slug; no agent {target!r}."
             )
         return target
-    if not target:
-        raise InvalidInput(f"A {scope} switch needs a target (e.g. a tool name).")
     if scope == SwitchScope.TOOL and target not in REGISTRY:
         raise InvalidInput(f"Unknown tool {target!r}; known tools: {', '.join(sorted(REGISTRY))}.")
     if scope == SwitchScope.APPROVAL and target not in REGISTRY and target not in Tier.values:
@@ -202,13 +214,17 @@ def switch_engage(
 
 
 def switch_release(*, actor: Any, scope: str, target: str = "", reason: str = "") -> KillSwitch:
-    """Release an engaged switch. Runs a pause parked are enqueued again on commit."""
-    target = _validate_switch_target(scope, target)
+    """Release an engaged switch. Runs a pause parked are enqueued again on commit.
+
+    The target need not exist any more: a switch engaged on a tool, intent or agent that a
+    later deploy removed can still be released (it would otherwise stay engaged for good)."""
+    target = _switch_target(scope, target)
     who = actor if isinstance(actor, User) else None
     with transaction.atomic():
         _lock_switches(shared=False)
         switch = KillSwitch.objects.select_for_update().filter(scope=scope, target=target).first()
         if switch is None or not switch.engaged:
+            _validate_switch_target(scope, target)  # an unknown target says so first
             raise Conflict(f"Switch {scope}:{target or '*'} is not engaged.")
         switch.engaged, switch.expires_at = False, None
         switch.reason = (reason or "").strip()

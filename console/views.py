@@ -93,6 +93,14 @@ def _catalogue() -> list[dict]:
     now = timezone.now()
     out = []
     for scope, help_text, targets in groups:
+        # a switch still engaged on a tool, intent or agent a deploy removed: listed so it
+        # can be released
+        known = {target for target, _ in targets}
+        targets = targets + [
+            (s.target, f"{s.target} (no longer defined)")
+            for (row_scope, _), s in sorted(rows.items())
+            if row_scope == scope.value and s.engaged and s.target not in known
+        ]
         items = []
         for target, label in targets:
             row = rows.get((scope.value, target))
@@ -140,17 +148,19 @@ def _scope_target(scope: str, target: str) -> tuple[str, str]:
 @require_GET
 def switch_confirm(request: HttpRequest, scope: str, target: str) -> HttpResponse:
     """The confirmation: what the flip would affect now, and the reason it needs."""
-    from agents.services import _validate_switch_target
+    from agents.services import _switch_target, _validate_switch_target
     from agents.switches import blast_radius
 
     _require_operator(request)
     scope, target = _scope_target(scope, target)
     try:
-        target = _validate_switch_target(scope, target)
+        target = _switch_target(scope, target)
+        row = KillSwitch.objects.filter(scope=scope, target=target).first()
+        engaged = bool(row and row.engaged)
+        if not engaged:  # engaging needs a target that exists; releasing does not
+            target = _validate_switch_target(scope, target)
     except DomainError as exc:
         raise Http404(exc.message) from None
-    row = KillSwitch.objects.filter(scope=scope, target=target).first()
-    engaged = bool(row and row.engaged)
     context = {
         "scope": scope,
         "target": target,

@@ -152,3 +152,38 @@ def test_an_expiry_without_a_time_zone_is_422_and_changes_nothing(runtime, token
     assert "time zone" in response.json()["error"]["message"]
     assert not KillSwitch.objects.filter(engaged=True).exists()
     assert not AuditEvent.objects.filter(action__startswith="switch.").exists()
+
+
+def test_a_switch_on_a_tool_a_deploy_removed_can_still_be_released(runtime, login, token_client, operator):
+    """Engaged on a tool that is no longer in the registry (the deploy renamed it): the page
+    lists it, its confirmation opens, and the page and the API release it. Engaging an
+    unknown tool is still refused, and releasing one never engaged says the tool is unknown."""
+    from agents.services import switch_engage
+    from agents.tools.registry import REGISTRY
+
+    REGISTRY["retired_tool"] = REGISTRY["draft_reply"]
+    try:
+        switch_engage(actor=operator, scope="tool", target="retired_tool", reason="INC-9")
+        switch_engage(actor=operator, scope="intent", target="billing_refund", reason="INC-9")
+    finally:
+        del REGISTRY["retired_tool"]
+    client = login(operator)
+    page = client.get("/switches/").content.decode()
+    assert 'data-switch="tool:retired_tool" data-engaged="1"' in page
+    assert "retired_tool (no longer defined)" in page
+    confirm = client.get("/switches/tool/retired_tool/confirm/")
+    assert confirm.status_code == 200 and "Release <code>tool:retired_tool</code>" in confirm.content.decode()
+    response = client.post("/switches/tool/retired_tool/flip/", {"engaged": "0", "reason": "gone"})
+    assert response.status_code == 302
+    assert not KillSwitch.objects.get(scope="tool").engaged
+    page = client.get("/switches/").content.decode()
+    assert 'data-switch="tool:retired_tool"' not in page  # gone from the catalogue once released
+
+    api = token_client(operator)
+    with_unknown = _put(api, "tool", "retired_tool", {"engaged": True, "reason": "again"})
+    assert with_unknown.status_code == 422 and "Unknown tool" in with_unknown.json()["error"]["message"]
+    never = _put(api, "tool", "never_was", {"engaged": False, "reason": "r"})
+    assert never.status_code == 422 and "Unknown tool 'never_was'" in never.json()["error"]["message"]
+    assert _put(api, "intent", "billing_refund", {"engaged": False, "reason": "ok"}).status_code == 200
+    released = list(AuditEvent.objects.filter(action="switch.released").values_list("object_id", flat=True))
+    assert released == ["tool:retired_tool", "intent:billing_refund"]
