@@ -461,3 +461,41 @@ def invocation_finish_fields(outcome: ToolOutcome) -> dict[str, Any]:
         "finished_at": timezone.now(),
         "attempts": F("attempts") + outcome.attempts,
     }
+
+
+# --- the invocation's other transitions -------------------------------------------------
+# Called by the runtime inside the transaction that persists the step (its ``extra``), so a
+# transition is never written without its step and audit event.
+
+
+def invocation_outcome_save(pk: Any, finish: dict[str, Any], *, holder: str | None = None) -> bool:
+    """Record an outcome (``invocation_finish_fields``) on a call's row; with ``holder``,
+    only while that lease still holds it. Returns whether the row was written."""
+    calls = ToolInvocation.objects.filter(pk=pk)
+    if holder is not None:
+        calls = calls.filter(holder=holder)
+    return bool(calls.update(**finish))
+
+
+def invocation_await_approval(invocation: ToolInvocation, decision) -> None:
+    """require_approval: the call waits for a reviewer, with the decision that parked it."""
+    ToolInvocation.objects.filter(pk=invocation.pk).update(
+        state=InvocationState.AWAITING_APPROVAL,
+        decision=decision.effect,
+        decision_reason=decision.reason[:2000],
+        policy_version=decision.policy_version,
+    )
+    invocation.state = InvocationState.AWAITING_APPROVAL
+
+
+def invocation_decided(invocation: ToolInvocation, *, approved: bool) -> bool:
+    """A reviewer's decision reaches a call awaiting approval: ``approved`` (it may start)
+    or rejected (it never runs). A call no longer awaiting keeps its state. Returns whether
+    it moved."""
+    state = InvocationState.APPROVED if approved else InvocationState.REJECTED
+    moved = ToolInvocation.objects.filter(pk=invocation.pk, state=InvocationState.AWAITING_APPROVAL).update(
+        state=state
+    )
+    if moved:
+        invocation.state = state
+    return bool(moved)

@@ -1127,12 +1127,7 @@ def _park(run, lease, pending, tool, decision, began, invocation) -> str:
     created: dict[str, Any] = {}
 
     def create_request(step_row):
-        ToolInvocation.objects.filter(pk=invocation.pk).update(
-            state=InvocationState.AWAITING_APPROVAL,
-            decision=decision.effect,
-            decision_reason=decision.reason[:2000],
-            policy_version=decision.policy_version,
-        )
+        broker.invocation_await_approval(invocation, decision)
         created["request"] = approval_request_create(
             run=run,
             invocation=invocation,
@@ -1215,7 +1210,6 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
     )
     if request.status == ApprovalStatus.REJECTED:
         reason = f"{tool.name} rejected by {who}: {request.decision_reason}"
-        ToolInvocation.objects.filter(pk=invocation.pk).update(state=InvocationState.REJECTED)
         return _finish(
             run,
             lease,
@@ -1224,6 +1218,7 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
             began=began,
             failure_class=FailureClass.POLICY,
             step=decided,
+            extra=lambda step_row: broker.invocation_decided(invocation, approved=False),
             run_fields={
                 "state": _observe(
                     run, pending, ok=False, decision="rejected", error={"code": "rejected", "message": reason}
@@ -1253,16 +1248,15 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
     decision = policy.decide(ctx)
     if decision.effect == policy.DENY:
         return _denied(run, lease, {**pending, "arguments": arguments}, tool, decision, began)
-    if invocation.state != InvocationState.APPROVED:
-        ToolInvocation.objects.filter(pk=invocation.pk, state=InvocationState.AWAITING_APPROVAL).update(
-            state=InvocationState.APPROVED
-        )
-        invocation.refresh_from_db()
     if not run.state.get("approval_recorded") == str(request.id):
+        # the approval step and the call's move to approved: one transaction
         state = dict(run.state, approval_recorded=str(request.id))
-        _commit(run, lease, began=began, step=decided, run_fields={"state": state})
+        _commit(run, lease, began=began, step=decided, run_fields={"state": state},
+                extra=lambda step_row: broker.invocation_decided(invocation, approved=True))
         run.state = state
         began = time.perf_counter()
+    elif invocation.state == InvocationState.AWAITING_APPROVAL:  # recorded by an older version
+        broker.invocation_decided(invocation, approved=True)
     return _execute(
         run,
         lease,
@@ -1323,7 +1317,7 @@ def _execute(
         if unrecorded is not None:
             hotsql.invocation_record(unrecorded)
         else:
-            ToolInvocation.objects.filter(pk=inv_pk).update(**finish)
+            broker.invocation_outcome_save(inv_pk, finish)
 
     step = _policy_step(
         pending,
@@ -1372,7 +1366,7 @@ def _execute(
             # The side effect happened: record it on the invocation even though the run
             # moved on (a pure read's unrecorded call changed nothing: nothing to record).
             if unrecorded is None:
-                ToolInvocation.objects.filter(pk=inv_pk, holder=lease).update(**finish)
+                broker.invocation_outcome_save(inv_pk, finish, holder=lease)
             raise
         return None
     error = outcome.error or {}

@@ -87,6 +87,38 @@ def test_rejection_ends_the_run_denied_with_the_reason(start_run, step, pending_
         approval_decide(actor=lead, request=request, decision="approve", reason="")
 
 
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_a_decision_reaches_the_call_only_with_the_step_that_records_it(
+    start_run, step, pending_request, lead, decision
+):
+    """The call's move out of awaiting_approval is written in the transaction of the step
+    that records the decision: a worker that lost the run's lease writes neither, and the
+    worker that holds it writes both."""
+    from agents import runtime
+    from agents.models import AgentRun
+
+    run = step(start_run(REFUND))
+    approval_decide(actor=lead, request=pending_request(run), decision=decision, reason="checked")
+    call = ToolInvocation.objects.get(run=run, tool="apply_credit")
+    lease, run = runtime._claim(run_pk=run.pk, worker="pytest")
+    AgentRun.objects.filter(pk=run.pk).update(lease_token="taken-over")
+    with pytest.raises(runtime.LeaseLost):
+        runtime._step(run, lease)
+    call.refresh_from_db()
+    assert call.state == InvocationState.AWAITING_APPROVAL and not run.steps.filter(kind="approval").exists()
+
+    AgentRun.objects.filter(pk=run.pk).update(lease_token="", lease_owner="", lease_expires_at=None)
+    run = step(run)
+    call.refresh_from_db()
+    approval = run.steps.get(kind="approval")
+    if decision == "approve":
+        assert run.status == RunStatus.SUCCEEDED and call.state == InvocationState.SUCCEEDED
+        assert approval.ok and CreditLedger.objects.count() == 1
+    else:
+        assert run.status == RunStatus.DENIED and call.state == InvocationState.REJECTED
+        assert not approval.ok and not CreditLedger.objects.exists()
+
+
 def test_requester_and_on_behalf_of_cannot_approve(start_run, step, pending_request, lead, lead2, svc_acme):
     run = step(start_run(REFUND, actor=svc_acme, on_behalf_of="lead"))
     request = pending_request(run)
