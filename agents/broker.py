@@ -488,6 +488,23 @@ def invocation_await_approval(invocation: ToolInvocation, decision) -> None:
     invocation.state = InvocationState.AWAITING_APPROVAL
 
 
+def invocation_denied_after_approval(invocation: ToolInvocation, decision) -> bool:
+    """The active policy denies a call a reviewer let through (it changed while the call
+    waited, or the approved edit crosses a limit): the call never runs; its row says so,
+    with the decision. Only from awaiting_approval or approved. Returns whether it moved."""
+    moved = ToolInvocation.objects.filter(
+        pk=invocation.pk, state__in=[InvocationState.AWAITING_APPROVAL, InvocationState.APPROVED]
+    ).update(
+        state=InvocationState.DENIED,
+        decision=decision.effect,
+        decision_reason=decision.reason[:2000],
+        policy_version=decision.policy_version,
+    )
+    if moved:
+        invocation.state = InvocationState.DENIED
+    return bool(moved)
+
+
 def invocation_decided(invocation: ToolInvocation, *, approved: bool) -> bool:
     """A reviewer's decision reaches a call awaiting approval: ``approved`` (it may start)
     or rejected (it never runs). A call no longer awaiting keeps its state. Returns whether

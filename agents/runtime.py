@@ -1071,6 +1071,7 @@ def _denied(run, lease, pending, tool, decision, began) -> str:
         invocation=invocation,
     )
     reason = f"Policy v{decision.policy_version} denied {tool.name}: {decision.reason}"
+    reviewed = invocation.state in (InvocationState.AWAITING_APPROVAL, InvocationState.APPROVED)
     return _finish(
         run,
         lease,
@@ -1081,6 +1082,9 @@ def _denied(run, lease, pending, tool, decision, began) -> str:
         handoff=True,
         step=step,
         audits=[_policy_audit(pending, decision)],
+        # a call a reviewer let through, denied by the policy now: the row says denied too
+        extra=(lambda step_row: broker.invocation_denied_after_approval(invocation, decision))
+        if reviewed else None,
         run_fields={
             "state": _observe(
                 run, pending, ok=False, decision=decision.effect, error={"code": "denied", "message": reason}

@@ -119,6 +119,30 @@ def test_a_decision_reaches_the_call_only_with_the_step_that_records_it(
         assert not approval.ok and not CreditLedger.objects.exists()
 
 
+def test_an_approved_call_the_active_policy_now_denies_never_runs(
+    start_run, step, pending_request, lead, operator
+):
+    """Approved while policy v1 was active, resumed under v2 which denies credits: the run
+    fails closed (denied, no credit) and the call's row says denied, with v2's decision."""
+    import copy
+
+    from agents import policy
+    from agents.services import policy_create
+
+    run = step(start_run(REFUND))
+    approval_decide(actor=lead, request=pending_request(run), decision="approve", reason="dup")
+    rules = copy.deepcopy(policy.DEFAULT_RULES)
+    rules["rules"].insert(0, {"id": "credits-frozen", "tool": "apply_credit", "effect": policy.DENY,
+                              "reason": "Credits are frozen during the billing migration."})
+    policy_create(actor=operator, rules=rules, description="freeze credits", activate=True)
+    run = step(run)
+    assert run.status == RunStatus.DENIED and "frozen during the billing migration" in run.terminal_reason
+    assert not CreditLedger.objects.exists()
+    call = ToolInvocation.objects.get(run=run, tool="apply_credit")
+    assert (call.state, call.decision, call.policy_version) == (InvocationState.DENIED, "deny", 2)
+    assert call.started_at is None and call.attempts == 0  # never started
+
+
 def test_requester_and_on_behalf_of_cannot_approve(start_run, step, pending_request, lead, lead2, svc_acme):
     run = step(start_run(REFUND, actor=svc_acme, on_behalf_of="lead"))
     request = pending_request(run)
