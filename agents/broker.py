@@ -505,11 +505,21 @@ def invocation_denied_after_approval(invocation: ToolInvocation, decision) -> bo
     return bool(moved)
 
 
-def invocation_decided(invocation: ToolInvocation, *, approved: bool) -> bool:
-    """A reviewer's decision reaches a call awaiting approval: ``approved`` (it may start)
-    or rejected (it never runs). A call no longer awaiting keeps its state. Returns whether
-    it moved."""
-    state = InvocationState.APPROVED if approved else InvocationState.REJECTED
+# an approval request's final status -> the state of the call it held
+_DECIDED_STATES = {
+    "approved": InvocationState.APPROVED,  # it may start
+    "rejected": InvocationState.REJECTED,  # a reviewer said no: it never runs
+    "expired": InvocationState.REFUSED,  # nobody decided in time: failed closed
+    "cancelled": InvocationState.REFUSED,  # the run was cancelled while it waited
+}
+
+
+def invocation_decided(invocation: ToolInvocation, *, outcome: str) -> bool:
+    """The approval request holding a call closed with ``outcome`` (approved, rejected,
+    expired, cancelled): approved lets it start; any other outcome means it never runs.
+    Only from awaiting_approval; a call no longer awaiting keeps its state. Returns
+    whether it moved."""
+    state = _DECIDED_STATES[outcome]
     moved = ToolInvocation.objects.filter(pk=invocation.pk, state=InvocationState.AWAITING_APPROVAL).update(
         state=state
     )

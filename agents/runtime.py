@@ -1222,7 +1222,7 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
             began=began,
             failure_class=FailureClass.POLICY,
             step=decided,
-            extra=lambda step_row: broker.invocation_decided(invocation, approved=False),
+            extra=lambda step_row: broker.invocation_decided(invocation, outcome=request.status),
             run_fields={
                 "state": _observe(
                     run, pending, ok=False, decision="rejected", error={"code": "rejected", "message": reason}
@@ -1238,6 +1238,7 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
             began=began,
             handoff=True,
             step=decided,
+            extra=lambda step_row: broker.invocation_decided(invocation, outcome=request.status),
         )
     arguments = request.approved_arguments or request.arguments
     # Fail closed if the active policy now denies the (possibly edited) action.
@@ -1256,11 +1257,11 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
         # the approval step and the call's move to approved: one transaction
         state = dict(run.state, approval_recorded=str(request.id))
         _commit(run, lease, began=began, step=decided, run_fields={"state": state},
-                extra=lambda step_row: broker.invocation_decided(invocation, approved=True))
+                extra=lambda step_row: broker.invocation_decided(invocation, outcome="approved"))
         run.state = state
         began = time.perf_counter()
     elif invocation.state == InvocationState.AWAITING_APPROVAL:  # recorded by an older version
-        broker.invocation_decided(invocation, approved=True)
+        broker.invocation_decided(invocation, outcome="approved")
     return _execute(
         run,
         lease,

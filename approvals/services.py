@@ -398,15 +398,18 @@ def approval_decide(
 def approval_requests_cancel_for_run(*, run, actor: Any, reason: str) -> int:
     """Cancel every pending request of ``run`` (the run was cancelled), one conditional
     UPDATE and one ``approval.cancelled`` audit event per request, inside the caller's
-    transaction (``agents.services.run_cancel``). The rows are locked first, so a reviewer
+    transaction (``agents.services.run_cancel``); the call each one held is refused
+    (``agents.broker.invocation_decided``). The rows are locked first, so a reviewer
     deciding at the same moment either finishes first (the request is no longer pending
     and is left alone) or finds it cancelled (409). Returns how many were cancelled."""
+    from agents.broker import invocation_decided
+
     now = timezone.now()
     reason = (reason or "").strip() or "run cancelled"
     cancelled = 0
     pending = (
         ApprovalRequest.objects.select_for_update(of=("self",))
-        .select_related("queue")
+        .select_related("queue", "invocation")
         .filter(run=run, status=ApprovalStatus.PENDING)
         .order_by("created_at", "id")
     )
@@ -421,6 +424,7 @@ def approval_requests_cancel_for_run(*, run, actor: Any, reason: str) -> int:
         if not done:
             continue
         cancelled += 1
+        invocation_decided(request.invocation, outcome=ApprovalStatus.CANCELLED)
         audit_record(
             actor=actor,
             action="approval.cancelled",

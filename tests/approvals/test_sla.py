@@ -10,7 +10,7 @@ from django.core import mail
 from django.db import connection
 from django.utils import timezone
 
-from agents.models import AgentRun, CreditLedger, RunStatus
+from agents.models import AgentRun, CreditLedger, InvocationState, RunStatus, ToolInvocation
 from approvals.models import ApprovalRequest, ApprovalStatus, Handoff, HandoffSource
 from approvals.services import approval_escalate, approval_expire, approval_flag, approval_sla_sweep
 from audit.models import AuditEvent
@@ -82,6 +82,9 @@ def test_expiry_fails_closed_the_run_hands_off_with_a_summary(parked, step):
     assert "expired" in run.terminal_reason and "failing closed" in run.terminal_reason
     assert "Proposed but not executed: apply_credit" in run.result["handoff_summary"]
     assert not CreditLedger.objects.exists()
+    # the call it held will never run, and its row says so (not "awaiting approval")
+    call = ToolInvocation.objects.get(pk=request.invocation_id)
+    assert call.state == InvocationState.REFUSED and call.started_at is None
     handoff = Handoff.objects.get(run=run)
     assert handoff.source == HandoffSource.EXPIRY and "apply_credit" in handoff.summary
     assert AuditEvent.objects.filter(action="handoff.created", object_id=str(handoff.id)).exists()
