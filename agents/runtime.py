@@ -1260,8 +1260,6 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
                 extra=lambda step_row: broker.invocation_decided(invocation, outcome="approved"))
         run.state = state
         began = time.perf_counter()
-    elif invocation.state == InvocationState.AWAITING_APPROVAL:  # recorded by an older version
-        broker.invocation_decided(invocation, outcome="approved")
     return _execute(
         run,
         lease,
