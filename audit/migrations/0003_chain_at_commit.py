@@ -41,7 +41,13 @@ def _chain_body(source: str) -> str:
         "part_b", "part_c", "part_d")}
     return f"""
         PERFORM pg_advisory_xact_lock({CHAIN_LOCK_KEY});
-        -- a new statement, so a new snapshot: it sees the previous holder's event
+{_chain_insert(v)}"""
+
+
+def _chain_insert(v: dict[str, str]) -> str:
+    """The INSERT that appends one event after the head (the caller holds the chain lock),
+    with each column's SQL expression from ``v`` (also used by migration 0005)."""
+    return f"""        -- a new statement, so a new snapshot: it sees the previous holder's event
         INSERT INTO audit_auditevent (seq, event_id, occurred_at, actor_type, actor_id,
             actor_label, action, tenant_id, object_type, object_id, trace_id, policy_version,
             payload, prev_hash, hash)
@@ -57,6 +63,28 @@ def _chain_body(source: str) -> str:
                      coalesce((array_agg(hash))[1], '{GENESIS_HASH}') AS hash
               FROM (SELECT seq, hash FROM audit_auditevent ORDER BY seq DESC LIMIT 1) AS last)
                   AS head;"""
+
+
+# Events as a JSON array of [event_id, actor_type, ..., payload, part_a .. part_d]
+# (audit.services.STAGE_COLUMNS order), appended in array order. (0005 replaces it.)
+APPEND_MANY = """
+    CREATE FUNCTION audit_chain_append_many(p_events jsonb) RETURNS integer
+    LANGUAGE plpgsql AS $fn$
+    DECLARE
+        ev jsonb;
+        n integer := 0;
+    BEGIN
+        FOR ev IN SELECT value FROM jsonb_array_elements(p_events) WITH ORDINALITY
+                  ORDER BY ordinality LOOP
+            PERFORM audit_chain_append((ev->>0)::uuid, ev->>1, ev->>2, ev->>3, ev->>4,
+                (ev->>5)::uuid, ev->>6, ev->>7, ev->>8, ev->>9, ev->10, ev->>11, ev->>12,
+                ev->>13, ev->>14);
+            n := n + 1;
+        END LOOP;
+        RETURN n;
+    END
+    $fn$
+    """
 
 
 FORWARDS = [
@@ -102,26 +130,7 @@ FORWARDS = [
     END
     $fn$
     """,
-    # Events as a JSON array of [event_id, actor_type, ..., payload, part_a .. part_d]
-    # (audit.services.STAGE_COLUMNS order), appended in array order.
-    """
-    CREATE FUNCTION audit_chain_append_many(p_events jsonb) RETURNS integer
-    LANGUAGE plpgsql AS $fn$
-    DECLARE
-        ev jsonb;
-        n integer := 0;
-    BEGIN
-        FOR ev IN SELECT value FROM jsonb_array_elements(p_events) WITH ORDINALITY
-                  ORDER BY ordinality LOOP
-            PERFORM audit_chain_append((ev->>0)::uuid, ev->>1, ev->>2, ev->>3, ev->>4,
-                (ev->>5)::uuid, ev->>6, ev->>7, ev->>8, ev->>9, ev->10, ev->>11, ev->>12,
-                ev->>13, ev->>14);
-            n := n + 1;
-        END LOOP;
-        RETURN n;
-    END
-    $fn$
-    """,
+    APPEND_MANY,
     """
     CREATE CONSTRAINT TRIGGER audit_chain_at_commit AFTER INSERT ON audit_stage
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION audit_chain_staged()

@@ -3,16 +3,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from audit.migrations._sqlite_triggers import CREATE
-
-
-def sqlite_triggers(apps, schema_editor):
-    """SQLite alters a column by rebuilding the table, which drops its triggers: put the
-    append-only triggers of 0002 back (no-op elsewhere; as in 0004)."""
-    if schema_editor.connection.vendor != "sqlite":
-        return
-    for sql in CREATE:
-        schema_editor.execute(sql)
+from audit.migrations._sqlite_triggers import restore as sqlite_triggers
 
 
 class Migration(migrations.Migration):
