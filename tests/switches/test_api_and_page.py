@@ -155,18 +155,24 @@ def test_an_expiry_without_a_time_zone_is_422_and_changes_nothing(runtime, token
 
 
 def test_a_switch_on_a_tool_a_deploy_removed_can_still_be_released(runtime, login, token_client, operator):
-    """Engaged on a tool that is no longer in the registry (the deploy renamed it): the page
-    lists it, its confirmation opens, and the page and the API release it. Engaging an
-    unknown tool is still refused, and releasing one never engaged says the tool is unknown."""
+    """Engaged on a tool that is no longer in the registry (the deploy renamed it) and on an
+    intent no agent declares any more: the page lists them, the confirmation opens, and the
+    page and the API release them. Engaging an unknown target is still refused, and
+    releasing one never engaged says the target is unknown."""
+    from agents.models import Agent
     from agents.services import switch_engage
     from agents.tools.registry import REGISTRY
 
+    support = Agent.objects.get(slug="support", is_active=True)
+    declared = list(support.intents)
+    Agent.objects.filter(pk=support.pk).update(intents=[*declared, "vip_escalation"])
     REGISTRY["retired_tool"] = REGISTRY["draft_reply"]
     try:
         switch_engage(actor=operator, scope="tool", target="retired_tool", reason="INC-9")
-        switch_engage(actor=operator, scope="intent", target="billing_refund", reason="INC-9")
+        switch_engage(actor=operator, scope="intent", target="vip_escalation", reason="INC-9")
     finally:
         del REGISTRY["retired_tool"]
+        Agent.objects.filter(pk=support.pk).update(intents=declared)
     client = login(operator)
     page = client.get("/switches/").content.decode()
     assert 'data-switch="tool:retired_tool" data-engaged="1"' in page
@@ -184,6 +190,9 @@ def test_a_switch_on_a_tool_a_deploy_removed_can_still_be_released(runtime, logi
     assert with_unknown.status_code == 422 and "Unknown tool" in with_unknown.json()["error"]["message"]
     never = _put(api, "tool", "never_was", {"engaged": False, "reason": "r"})
     assert never.status_code == 422 and "Unknown tool 'never_was'" in never.json()["error"]["message"]
-    assert _put(api, "intent", "billing_refund", {"engaged": False, "reason": "ok"}).status_code == 200
+    assert "vip_escalation (no longer defined)" in page
+    assert _put(api, "intent", "vip_escalation", {"engaged": True, "reason": "x"}).status_code == 422
+    assert _put(api, "intent", "vip_escalation", {"engaged": False, "reason": "ok"}).status_code == 200
+    assert not KillSwitch.objects.filter(engaged=True).exists()
     released = list(AuditEvent.objects.filter(action="switch.released").values_list("object_id", flat=True))
-    assert released == ["tool:retired_tool", "intent:billing_refund"]
+    assert released == ["tool:retired_tool", "intent:vip_escalation"]
