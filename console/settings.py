@@ -2,7 +2,8 @@
 
 Every value comes from the environment through the small typed helpers below, which fail
 loudly (ImproperlyConfigured, with what was wrong and how to fix it) instead of guessing.
-Secrets may also come from a file: ``SECRET_KEY_FILE`` wins over ``SECRET_KEY``.
+Secrets may also come from a file: ``SECRET_KEY_FILE`` wins over ``SECRET_KEY``; with
+neither set, the secret is the one ``make run`` wrote to ``$VAR_DIR/secret_key``.
 
 Embedded default (nothing set): SQLite in ``var/db.sqlite3``, kombu's filesystem broker
 in ``var/broker/`` and a file-based cache in ``var/cache/`` -- web and worker are still
@@ -109,15 +110,60 @@ def validate_redis_url(url: str) -> str:
 DEBUG = envbool("DEBUG", False)
 
 _INSECURE_PREFIX = "django-insecure"
-SECRET_KEY = envsecret("SECRET_KEY")
-if not DEBUG and (
-    not SECRET_KEY or SECRET_KEY.startswith(_INSECURE_PREFIX) or len(SECRET_KEY) < 32
-):
+_SECRET_KEY_MIN_LENGTH = 32
+_SECRET_KEY_HOWTO = (
+    "SECRET_KEY (or SECRET_KEY_FILE) to a random string of at least 32 characters, e.g. "
+    "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`"
+)
+
+
+def _secret_key_is_weak(value: str) -> bool:
+    return not value or value.startswith(_INSECURE_PREFIX) or len(value) < _SECRET_KEY_MIN_LENGTH
+
+
+def _secret_key_from_var(path: Path) -> str:
+    """The secret ``make run`` (scripts/run.sh) writes to ``$VAR_DIR/secret_key``, so that a
+    management command in a new shell signs with the same key as the running server.
+
+    No file: no key (the check below decides). A file that cannot be read or holds a weak
+    key is refused whatever DEBUG says, naming the file: it is meant to be the key, and
+    quietly signing with another would split sessions and tokens between processes."""
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"SECRET_KEY: {path} exists but cannot be read ({exc}). Make it a file this user "
+            f"can read, or delete it and `make run` writes a new one; or set {_SECRET_KEY_HOWTO}."
+        ) from None
+    if _secret_key_is_weak(value):
+        what = "is empty" if not value else "does not hold a strong key"
+        raise ImproperlyConfigured(
+            f"SECRET_KEY: {path} {what} (at least 32 random characters, not django-insecure-). "
+            f"Delete it and `make run` writes a new one; or set {_SECRET_KEY_HOWTO}."
+        )
+    return value
+
+
+# SECRET_KEY_FILE, else SECRET_KEY, else (neither set) the file `make run` wrote in VAR_DIR.
+_SECRET_KEY_VAR_FILE = VAR_DIR / "secret_key"
+if os.environ.get("SECRET_KEY_FILE"):
+    SECRET_KEY = envsecret("SECRET_KEY")
+    _secret_problem = f"SECRET_KEY_FILE={os.environ['SECRET_KEY_FILE']!r} holds no strong key."
+elif os.environ.get("SECRET_KEY"):
+    SECRET_KEY = envsecret("SECRET_KEY")
+    _secret_problem = "SECRET_KEY holds no strong key."
+else:
+    SECRET_KEY = _secret_key_from_var(_SECRET_KEY_VAR_FILE)
+    _secret_problem = (
+        f"neither SECRET_KEY nor SECRET_KEY_FILE is set, and there is no {_SECRET_KEY_VAR_FILE} "
+        "(which `make run` writes and every command run from this checkout then reads)."
+    )
+if not DEBUG and _secret_key_is_weak(SECRET_KEY):
     raise ImproperlyConfigured(
-        "SECRET_KEY is missing or insecure while DEBUG is off. Set SECRET_KEY (or "
-        "SECRET_KEY_FILE) to a random string of at least 32 characters, e.g. "
-        "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`, or set DEBUG=1 "
-        "for local development only."
+        f"SECRET_KEY is missing or insecure while DEBUG is off: {_secret_problem} "
+        f"Set {_SECRET_KEY_HOWTO}, or set DEBUG=1 for local development only."
     )
 if not SECRET_KEY:
     SECRET_KEY = _INSECURE_PREFIX + "-debug-only-not-for-production"

@@ -10,11 +10,14 @@ HOST="${HOST:-127.0.0.1}"
 VAR="${VAR_DIR:-$PWD/var}"
 mkdir -p "$VAR"
 
-if [ -z "${SECRET_KEY:-}" ] && [ -z "${SECRET_KEY_FILE:-}" ]; then
-  if [ ! -s "$VAR/secret_key" ]; then
-    (umask 077; "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(50))' > "$VAR/secret_key")
-  fi
-  export SECRET_KEY_FILE="$VAR/secret_key"
+# No secret given: generate one into $VAR/secret_key, once. It is not exported: settings
+# read that file whenever neither SECRET_KEY nor SECRET_KEY_FILE is set, so the processes
+# below and a management command typed in another shell find the same key the same way.
+# Written to a private temporary file and renamed, so no reader ever sees it half-written.
+if [ -z "${SECRET_KEY:-}" ] && [ -z "${SECRET_KEY_FILE:-}" ] && [ ! -s "$VAR/secret_key" ]; then
+  tmp=$(mktemp "$VAR/.secret_key.XXXXXX")
+  "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(50))' > "$tmp"
+  mv -f "$tmp" "$VAR/secret_key"
 fi
 
 "$BIN/python" manage.py migrate --noinput -v0
