@@ -31,6 +31,7 @@ ACTIONS: dict[str, str] = {
     "policy.decided": "The policy engine decided on a proposed action.",
     "policy.created": "A new policy version was stored.",
     "policy.activated": "A policy version was activated.",
+    "agent.version_created": "A new version of an agent definition was stored and made active.",
     "tool.executed": "A tool ran and returned a result.",
     "tool.failed": "A tool call failed.",
     "tool.replayed": "A tool call returned its stored result instead of acting again.",
