@@ -3,8 +3,12 @@
 It reads only the *user's* message and the structured results of the tools it called
 (``ModelRequest.state``), never instructions inside tool results: a ticket that says
 "ignore previous instructions" is data. It parses the customer, the amount and the
-intent, plans the lookups, the draft and the credit proposal, and reports token usage
+intent, plans the lookups, the credit proposal and the reply, and reports token usage
 (estimated at 4 characters per token) so budgets and costs behave as with a real model.
+
+A credit is proposed only as the evidence supports (duplicate charges not yet credited,
+a ticket of the customer's to link it to), and the reply is drafted after the decision,
+worded for what happened. docs/runtime.md, "Scripted planner", has the rules.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -42,8 +48,10 @@ _AMOUNT_SIGN_FIRST = re.compile(r"(?:\bUS\s?\$|\$|\bUSD)\s?" + _NUMBER + r"(?P<t
 _AMOUNT_WORD_AFTER = re.compile(r"(?<![\w.,$-])" + _NUMBER + r"\s?(?:dollars?|bucks|usd)\b", re.I)
 # "forty dollars", "twenty-five bucks": whole dollars from 1 to 99 in words. Larger ones
 # ("a hundred and forty dollars") are not read, rather than read as $40.
-_UNITS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-          "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_UNITS = tuple(
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen".split()
+)
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _WORD_VALUES = {word: n for n, word in enumerate(_UNITS, 1)} | {w: 10 * n for n, w in enumerate(_TENS, 2)}
 _TENS_ALT, _DIGIT_ALT, _UNITS_ALT = "|".join(_TENS), "|".join(_UNITS[:9]), "|".join(_UNITS)
@@ -117,8 +125,15 @@ def parse_amount_cents(text: str) -> int | None:
     "$25", "$12.50", "$1,200", "$5k", "US$25", "USD 25", "25 USD", "25 dollars", "25 bucks",
     "forty dollars".
     """
-    found = [m for m in (_AMOUNT_SIGN_FIRST.search(text), _AMOUNT_WORD_AFTER.search(text),
-                         _AMOUNT_IN_WORDS.search(text)) if m]
+    found = [
+        m
+        for m in (
+            _AMOUNT_SIGN_FIRST.search(text),
+            _AMOUNT_WORD_AFTER.search(text),
+            _AMOUNT_IN_WORDS.search(text),
+        )
+        if m
+    ]
     if not found:
         return None
     match = min(found, key=lambda m: m.start())
@@ -160,12 +175,206 @@ def _account_target(text: str) -> str:
     return "suspended"
 
 
+# --- wording ---------------------------------------------------------------------------
+
+_MONTHS = tuple(
+    "January February March April May June July August September October November December".split()
+)
+
+
 def _dollars(cents: int) -> str:
     return f"${cents / 100:,.2f}"
 
 
+def human_date(value: Any) -> str:
+    """'2026-03-02' or an ISO timestamp as a person reads it: '2 March 2026'."""
+    text = str(value or "")
+    try:
+        day = date.fromisoformat(text[:10])
+    except ValueError:
+        return text
+    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
+
+
+def _human_month(value: str) -> str:
+    """'2026-03' -> 'March 2026'."""
+    return human_date(f"{value}-01").split(" ", 1)[-1] if len(value) == 7 else value
+
+
 def _tool(name: str, arguments: dict[str, Any], rationale: str) -> dict[str, Any]:
     return {"type": "tool_call", "tool": name, "arguments": arguments, "rationale": rationale}
+
+
+def _final(message: str, summary: str = "") -> dict[str, Any]:
+    return {"type": "final", "message": message, "summary": summary or message}
+
+
+def _handoff(reason: str, summary: str) -> dict[str, Any]:
+    return {"type": "handoff", "reason": reason, "summary": summary}
+
+
+def _greeting(lookup: dict[str, Any]) -> str:
+    name = lookup.get("name") or ""
+    return f"Hello {name}," if name else "Hello,"
+
+
+# --- the billing evidence --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DuplicateCharge:
+    """One charge beyond the first of its month (lookup_subscription's
+    ``duplicate_charges[].duplicates[]``): the charges a credit can make good."""
+
+    ref: str
+    date: str
+    amount_cents: int
+    month: str
+    count: int  # charges in that month
+    credited: bool
+    credit_id: Any = None
+
+
+def duplicate_charges(lookup: dict[str, Any]) -> list[DuplicateCharge]:
+    found = []
+    for sub in lookup.get("subscriptions") or []:
+        for group in sub.get("duplicate_charges") or []:
+            for charge in group.get("duplicates") or []:
+                found.append(
+                    DuplicateCharge(
+                        ref=str(charge.get("ref", "")),
+                        date=str(charge.get("date", "")),
+                        amount_cents=int(charge.get("amount_cents") or 0),
+                        month=str(group.get("month", "")),
+                        count=int(group.get("count") or 2),
+                        credited=bool(charge.get("credited")),
+                        credit_id=charge.get("credit_id"),
+                    )
+                )
+    return [charge for charge in found if charge.ref and charge.amount_cents > 0]
+
+
+def _charges_text(charges: list[DuplicateCharge], *, human: bool = False) -> str:
+    """'duplicate charge ch_0_3b on 2026-03-02', or the charges' list; ``human``: '... of 2
+    March 2026 (reference ch_0_3b)'."""
+    if human and all(c.date for c in charges):
+        items = [f"{human_date(c.date)} (reference {c.ref})" for c in charges]
+        noun = "duplicate charge of" if len(charges) == 1 else "duplicate charges of"
+    elif human:
+        items = [c.ref for c in charges]
+        noun = "duplicate charge" if len(charges) == 1 else "duplicate charges"
+    else:
+        items = [f"{c.ref} on {c.date}" if c.date else c.ref for c in charges]
+        noun = "duplicate charge" if len(charges) == 1 else "duplicate charges"
+    listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return f"{noun} {listed}"
+
+
+@dataclass(frozen=True)
+class CreditProposal:
+    amount_cents: int
+    charges: list[DuplicateCharge]
+    requested_cents: int | None
+    justified_cents: int  # every creditable charge together
+
+    def note(self) -> str:
+        """What the reviewer should know about the amount against the request."""
+        evidence = _charges_text(self.charges)
+        if self.requested_cents is not None and self.requested_cents > self.justified_cents:
+            return (
+                f"customer asked for {_dollars(self.requested_cents)}; the evidence supports "
+                f"{_dollars(self.justified_cents)} ({evidence})"
+            )
+        if self.requested_cents is not None and self.requested_cents < self.justified_cents:
+            charged = sum(c.amount_cents for c in self.charges)
+            return (
+                f"customer asked for {_dollars(self.requested_cents)}; proposing it against the "
+                f"{evidence} ({_dollars(charged)})"
+            )
+        return f"the evidence supports {_dollars(self.amount_cents)} ({evidence})"
+
+
+def credit_proposal(requested_cents: int | None, creditable: list[DuplicateCharge]) -> CreditProposal:
+    """Only what the evidence supports: the requested amount when the creditable charges
+    cover it (against the one charge that covers it, else the fewest in date order), all of
+    them when nothing or more was asked."""
+    justified = sum(c.amount_cents for c in creditable)
+    if requested_cents is None or requested_cents >= justified:
+        return CreditProposal(justified, list(creditable), requested_cents, justified)
+    covering = [c for c in creditable if c.amount_cents >= requested_cents]
+    if covering:
+        one = min(covering, key=lambda c: (c.amount_cents, c.date, c.ref))
+        return CreditProposal(requested_cents, [one], requested_cents, justified)
+    chosen: list[DuplicateCharge] = []
+    for charge in sorted(creditable, key=lambda c: (c.date, c.ref)):
+        chosen.append(charge)
+        if sum(c.amount_cents for c in chosen) >= requested_cents:
+            break
+    return CreditProposal(requested_cents, chosen, requested_cents, justified)
+
+
+_BILLING_TICKET_STRONG = re.compile(r"\b(?:billed|refunds?|refunded|duplicates?|twice|double)\b", re.I)
+_BILLING_TICKET_WEAK = re.compile(r"\b(?:billing|charged?|charges|invoices?)\b", re.I)
+
+
+def billing_ticket(tickets: list[dict[str, Any]], customer: str, wanted: str | None = None) -> dict | None:
+    """The customer's ticket a credit answers: the one the message names, else the newest
+    that asks about a duplicate or a refund, else the newest about a charge, else their
+    newest. None when they have none."""
+    own = [t for t in tickets if t.get("customer") == customer and t.get("number")]
+    for ticket in own:
+        if wanted and ticket["number"].upper() == wanted:
+            return ticket
+    for pattern in (_BILLING_TICKET_STRONG, _BILLING_TICKET_WEAK, None):
+        matching = [
+            t for t in own if pattern is None or pattern.search(f"{t.get('subject', '')} {t.get('body', '')}")
+        ]
+        if matching:
+            return max(matching, key=lambda t: str(t.get("created_at", "")))
+    return None
+
+
+def _account_facts(customer: str, lookup: dict[str, Any]) -> str:
+    """The facts a person taking over needs: plan, price, statuses, recent credits."""
+    name = lookup.get("name")
+    parts = [f"{customer} {name}: account" if name else f"{customer}: account"]
+    parts[0] += f" {lookup.get('status', 'unknown')}"
+    subs = lookup.get("subscriptions") or []
+    for sub in subs:
+        parts.append(
+            f"{sub.get('plan')} plan at {sub.get('monthly_price')}/month, subscription {sub.get('status')}"
+        )
+    if not subs:
+        parts.append("no subscription")
+    credits = lookup.get("recent_credits") or []
+    if credits:
+        latest = credits[0]
+        parts.append(
+            f"{len(credits)} credit(s) in the last 90 days, latest {latest.get('amount')} "
+            f"on {human_date(latest.get('created_at'))}"
+        )
+    return "; ".join(parts)
+
+
+def _credited_on(lookup: dict[str, Any], credit_id: Any) -> str:
+    for credit in lookup.get("recent_credits") or []:
+        if credit_id is not None and credit.get("credit_id") == credit_id:
+            return human_date(credit.get("created_at"))
+    return ""
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """What one planning turn reads: the message, its customer, the tools' last observations."""
+
+    message: str
+    customer: str | None
+    done: dict[str, dict[str, Any]]
+    order: dict[str, int]
+
+    def after(self, tool: str, other: str) -> bool:
+        """Did ``tool`` last run after ``other``'s last run?"""
+        return tool in self.order and self.order[tool] > self.order.get(other, -1)
 
 
 class ScriptedSupportPlanner:
@@ -200,112 +409,280 @@ class ScriptedSupportPlanner:
         message = state.get("message", "")
         intent = state.get("intent") or classify_intent(message)
         customer = parse_customer(message)
-        done = {obs["tool"]: obs for obs in state.get("observations", []) if obs.get("tool")}
+        observations = [obs for obs in state.get("observations", []) if obs.get("tool")]
+        turn = _Turn(
+            message=message,
+            customer=customer,
+            done={obs["tool"]: obs for obs in observations},
+            order={obs["tool"]: index for index, obs in enumerate(observations)},
+        )
 
-        failed = [obs for obs in done.values() if not obs.get("ok")]
+        credit = turn.done.get("apply_credit")
+        if credit is not None and not credit.get("ok"):
+            return self._credit_not_made(turn, credit)
+        failed = [obs for obs in turn.done.values() if not obs.get("ok")]
         if failed:
             obs = failed[-1]
             error = (obs.get("error") or {}).get("message", "the tool failed")
-            return {
-                "type": "handoff",
-                "reason": f"{obs['tool']} failed: {error}",
-                "summary": f"Could not complete the request: {error}",
-            }
+            return _handoff(f"{obs['tool']} failed: {error}", f"Could not complete the request: {error}")
+        unreadable = [
+            obs["tool"] for obs in turn.done.values() if (obs.get("result") or {}).get("truncated") is True
+        ]
+        if unreadable:
+            return _handoff(
+                f"{unreadable[0]} returned more than the planner reads; a person must review",
+                "A tool result was too large to read in full.",
+            )
 
         if customer is None:
-            if intent == INTENT_QUESTION and "search_tickets" not in done:
-                return _tool("search_tickets", {"limit": 5}, "No customer named; list recent tickets.")
-            if intent == INTENT_QUESTION:
-                count = len(done["search_tickets"]["result"].get("tickets", []))
-                return {
-                    "type": "final",
-                    "message": f"Found {count} recent tickets in this workspace.",
-                    "summary": "Listed recent tickets.",
-                }
-            return {
-                "type": "handoff",
-                "reason": "no customer code (e.g. C-1001) in the request",
-                "summary": "The request names no customer; a person must identify them.",
-            }
+            return self._no_customer(intent, turn)
+        if intent == INTENT_TICKET:
+            return self._ticket_status(turn)
 
-        if "lookup_subscription" not in done:
+        if "lookup_subscription" not in turn.done:
             return _tool(
                 "lookup_subscription",
                 {"customer": customer},
                 f"Look up {customer}'s subscription and recent charges.",
             )
-        lookup = done["lookup_subscription"]["result"]
-        subs = lookup.get("subscriptions", [])
-        sub = subs[0] if subs else None
+        lookup = turn.done["lookup_subscription"]["result"]
+        if intent == INTENT_CANCEL:
+            return self._cancellation(turn, lookup)
+        if intent == INTENT_DISCOUNT:
+            return self._discount(turn, lookup)
 
-        if "search_tickets" not in done:
+        if "search_tickets" not in turn.done:
             return _tool(
                 "search_tickets",
                 {"customer": customer, "limit": 5},
                 f"Read {customer}'s recent tickets for context.",
             )
-
-        if intent == INTENT_QUESTION:
-            if sub is None:
-                text = f"{customer} has no subscription."
-            else:
-                text = (
-                    f"{customer} ({lookup.get('name', '')}) is on the {sub['plan']} plan at "
-                    f"{sub['monthly_price']}/month, status {lookup.get('status')}."
-                )
-            tickets = done["search_tickets"]["result"].get("tickets", [])
-            text += f" {len(tickets)} recent ticket(s)."
-            return {"type": "final", "message": text, "summary": text}
-
+        tickets = turn.done["search_tickets"]["result"].get("tickets", [])
+        if intent == INTENT_BILLING:
+            return self._billing(turn, lookup, tickets)
         if intent == INTENT_ACCOUNT:
-            target = _account_target(message)
-            if "update_account_status" not in done:
-                return _tool(
-                    "update_account_status",
-                    {"customer": customer, "status": target, "reason": f"Requested: {message[:200]}"},
-                    f"Set {customer}'s account to {target} as requested.",
-                )
-            text = f"{customer}'s account is now {done['update_account_status']['result'].get('status')}."
-            return {"type": "final", "message": text, "summary": text}
-
-        # billing_refund
-        amount = parse_amount_cents(message)
-        duplicates = sub.get("duplicate_charges", []) if sub else []
-        if amount is None and duplicates:
-            amount = duplicates[0]["amount_cents"]
-        if amount is None:
-            return {
-                "type": "handoff",
-                "reason": "no amount in the request and no duplicate charge found",
-                "summary": f"{customer} asked for a refund; no duplicate charge is visible.",
-            }
-        evidence = (
-            f"duplicate charge in {duplicates[0]['month']} ({duplicates[0]['count']} charges of "
-            f"{_dollars(duplicates[0]['amount_cents'])})"
-            if duplicates
-            else "no duplicate charge visible in the last charges"
-        )
-        if "draft_reply" not in done:
-            body = (
-                f"Hello {lookup.get('name', '')}, we are sorry about the {evidence}. We are "
-                f"crediting {_dollars(amount)} to your account; you will see it on your next invoice."
+            return self._account(turn)
+        subs = lookup.get("subscriptions", [])
+        if not subs:
+            text = f"{customer} has no subscription."
+        else:
+            text = (
+                f"{customer} ({lookup.get('name', '')}) is on the {subs[0]['plan']} plan at "
+                f"{subs[0]['monthly_price']}/month, status {lookup.get('status')}."
             )
+        text += f" {len(tickets)} recent ticket(s)."
+        return _final(text)
+
+    # -- requests a person handles, answers from the tools ----------------------------
+
+    def _no_customer(self, intent: str, turn: _Turn) -> dict[str, Any]:
+        if intent == INTENT_QUESTION:
+            if "search_tickets" not in turn.done:
+                return _tool("search_tickets", {"limit": 5}, "No customer named; list recent tickets.")
+            count = len(turn.done["search_tickets"]["result"].get("tickets", []))
+            return _final(f"Found {count} recent tickets in this workspace.", "Listed recent tickets.")
+        if intent == INTENT_CANCEL:
+            return _handoff(
+                "cancellation requested with no customer code (e.g. C-1001); no tool cancels a "
+                "subscription, a person must identify the customer and handle it",
+                "A cancellation request that names no customer.",
+            )
+        if intent == INTENT_DISCOUNT:
+            return _handoff(
+                "discount requested with no customer code (e.g. C-1001); discounts are decided by a person",
+                "A discount request that names no customer.",
+            )
+        if intent == INTENT_TICKET:
+            return _handoff(
+                "ticket status asked with no customer code or ticket number (e.g. C-1001-T2); "
+                "a person must identify the customer",
+                "A ticket status question that names no customer or ticket.",
+            )
+        return _handoff(
+            "no customer code (e.g. C-1001) in the request",
+            "The request names no customer; a person must identify them.",
+        )
+
+    def _ticket_status(self, turn: _Turn) -> dict[str, Any]:
+        customer, wanted = turn.customer, parse_ticket_number(turn.message)
+        if "search_tickets" not in turn.done:
+            return _tool(
+                "search_tickets",
+                {"customer": customer, "limit": 20 if wanted else 5},
+                f"Find {wanted or 'the recent tickets'} of {customer} to answer the status question.",
+            )
+        tickets = [
+            t
+            for t in turn.done["search_tickets"]["result"].get("tickets", [])
+            if t.get("customer") == customer
+        ]
+        if wanted:
+            tickets = [t for t in tickets if str(t.get("number", "")).upper() == wanted]
+            if not tickets:
+                return _handoff(
+                    f"ticket {wanted} was not found among {customer}'s tickets; a person must check",
+                    f"{customer} asked about ticket {wanted}, which search_tickets did not find.",
+                )
+        if not tickets:
+            return _final(f"{customer} has no support tickets on file.")
+        listed = "; ".join(
+            f'{t["number"]} "{t.get("subject", "")}", opened {human_date(t.get("created_at"))}'
+            for t in tickets
+        )
+        if wanted:
+            text = f"Ticket {listed} ({customer})."
+        else:
+            text = f"{customer} has {len(tickets)} ticket(s) on file, newest first: {listed}."
+        text += " Replies are not recorded with the tickets here."
+        return _final(text)
+
+    def _cancellation(self, turn: _Turn, lookup: dict[str, Any]) -> dict[str, Any]:
+        facts = _account_facts(turn.customer, lookup)
+        asked = parse_amount_cents(turn.message)
+        also = f" The request also mentions {_dollars(asked)}." if asked else ""
+        return _handoff(
+            f"cancellation requested: no tool cancels a subscription, a person must handle it ({facts})",
+            f"{turn.customer} asks to cancel. {facts}.{also}",
+        )
+
+    def _discount(self, turn: _Turn, lookup: dict[str, Any]) -> dict[str, Any]:
+        facts = _account_facts(turn.customer, lookup)
+        return _handoff(
+            f"discount requested: discounts are decided by a person ({facts})",
+            f"{turn.customer} asks for a discount or a lower price. {facts}.",
+        )
+
+    def _account(self, turn: _Turn) -> dict[str, Any]:
+        customer, message = turn.customer, turn.message
+        target = _account_target(message)
+        if "update_account_status" not in turn.done:
+            return _tool(
+                "update_account_status",
+                {"customer": customer, "status": target, "reason": f"Requested: {message[:200]}"},
+                f"Set {customer}'s account to {target} as requested.",
+            )
+        return _final(
+            f"{customer}'s account is now {turn.done['update_account_status']['result'].get('status')}."
+        )
+
+    # -- billing: a credit only as the evidence supports, the reply after the decision --
+
+    def _billing(self, turn: _Turn, lookup: dict[str, Any], tickets: list[dict[str, Any]]) -> dict[str, Any]:
+        customer = turn.customer
+        if "apply_credit" in turn.done:  # made (a failure was handled before)
+            return self._credit_made(turn, lookup)
+        duplicates = duplicate_charges(lookup)
+        asked = parse_amount_cents(turn.message)
+        asked_text = f" ({_dollars(asked)})" if asked else ""
+        if not duplicates:
+            return _handoff(
+                "no duplicate charge in the last charges; a person must review",
+                f"{customer} asked for a refund{asked_text}; lookup_subscription shows no duplicate "
+                f"charge. {_account_facts(customer, lookup)}.",
+            )
+        ticket = billing_ticket(tickets, customer, parse_ticket_number(turn.message))
+        creditable = [c for c in duplicates if not c.credited]
+        if not creditable:
+            return self._already_credited(turn, lookup, duplicates, ticket)
+        if ticket is None:
+            return _handoff(
+                "no ticket to link the credit to; a person must review",
+                f"{customer} has {_charges_text(creditable)} not yet credited, but no ticket.",
+            )
+        proposal = credit_proposal(asked, creditable)
+        months = sorted({c.month for c in proposal.charges})
+        if len(proposal.charges) == 1:
+            times = "twice" if proposal.charges[0].count == 2 else f"{proposal.charges[0].count} times"
+            story = f"{customer} was billed {times} in {_human_month(months[0])}"
+        else:
+            story = f"{customer} was billed more than once in {' and '.join(_human_month(m) for m in months)}"
+        return _tool(
+            "apply_credit",
+            {
+                "customer": customer,
+                "amount_cents": proposal.amount_cents,
+                "currency": "USD",
+                "reason": f"Refund of the {_charges_text(proposal.charges)}; ticket {ticket['number']}"[:500],
+                "ticket": ticket["number"],
+                "charges": [c.ref for c in proposal.charges],
+            },
+            f"{story}: {proposal.note()}. Propose a {_dollars(proposal.amount_cents)} credit for "
+            f"ticket {ticket['number']}.",
+        )
+
+    def _already_credited(
+        self, turn: _Turn, lookup, duplicates: list[DuplicateCharge], ticket
+    ) -> dict[str, Any]:
+        """Every duplicate was credited before: never a second credit; say so."""
+        customer = turn.customer
+        dates = {_credited_on(lookup, c.credit_id) for c in duplicates} - {""}
+        when = f" on {dates.pop()}" if len(dates) == 1 else ""
+        total = _dollars(sum(c.amount_cents for c in duplicates))
+        if "draft_reply" not in turn.done:
+            body = (
+                f"{_greeting(lookup)}\n\nthe {_charges_text(duplicates, human=True)} was already "
+                f"refunded{when} ({total}), so there is nothing more to credit for it. If you see another "
+                "charge you do not recognise, reply to this message.\n"
+            )
+            arguments = {"customer": customer, "body": body}
+            if ticket:
+                arguments["ticket"] = ticket["number"]
             return _tool(
                 "draft_reply",
-                {"customer": customer, "body": body},
-                "Draft the reply for the customer while the credit is reviewed.",
+                arguments,
+                f"No new credit: {_charges_text(duplicates)} already credited{when}; tell the customer.",
             )
-        if "apply_credit" not in done:
-            return _tool(
-                "apply_credit",
-                {
-                    "customer": customer,
-                    "amount_cents": amount,
-                    "currency": "USD",
-                    "reason": f"Goodwill refund: {evidence}",
-                },
-                f"{customer} was billed twice ({evidence}); propose a {_dollars(amount)} credit.",
+        text = (
+            f"No new credit for {customer}: the {_charges_text(duplicates)} ({total}) was already "
+            f"credited{when}; reply drafted."
+        )
+        return _final(text)
+
+    def _credit_made(self, turn: _Turn, lookup: dict[str, Any]) -> dict[str, Any]:
+        """The credit was approved and applied: the reply says what was credited."""
+        obs = turn.done["apply_credit"]
+        result, arguments = obs.get("result") or {}, obs.get("arguments") or {}
+        amount = _dollars(int(result.get("amount_cents") or arguments.get("amount_cents") or 0))
+        ticket = result.get("ticket") or arguments.get("ticket")
+        refs = list(result.get("charges") or arguments.get("charges") or [])
+        known = {c.ref: c for c in duplicate_charges(lookup)}
+        charges = [known.get(ref) or DuplicateCharge(ref, "", 0, "", 2, True) for ref in refs]
+        if not turn.after("draft_reply", "apply_credit"):
+            what = f" for the {_charges_text(charges, human=True)}" if charges else ""
+            body = (
+                f"{_greeting(lookup)}\n\nwe have credited {amount} to your account{what}. "
+                "We are sorry for the trouble.\n"
             )
-        credit = done["apply_credit"]["result"]
-        text = f"Credited {credit.get('amount', _dollars(amount))} to {customer}; reply drafted."
-        return {"type": "final", "message": text, "summary": text}
+            arguments = {"customer": turn.customer, "body": body}
+            if ticket:
+                arguments["ticket"] = ticket
+            return _tool("draft_reply", arguments, f"The {amount} credit was applied; tell the customer.")
+        what = f" for the {_charges_text(charges)}" if charges else ""
+        return _final(f"Credited {amount} to {turn.customer}{what} (ticket {ticket}); reply drafted.")
+
+    def _credit_not_made(self, turn: _Turn, obs: dict[str, Any]) -> dict[str, Any]:
+        """apply_credit did not run. Rejected by a reviewer or denied by policy (the
+        runtime's closing turn): a reply that promises nothing, then final. Anything else
+        (the tool's evidence checks, errors): a person takes over, no reply."""
+        error = obs.get("error") or {}
+        closed = obs.get("decision") in ("rejected", "deny") or error.get("code") in ("rejected", "denied")
+        message = error.get("message", "the tool failed")
+        if not closed:
+            return _handoff(f"apply_credit failed: {message}", f"No credit was made: {message}")
+        if turn.after("draft_reply", "apply_credit"):
+            draft = turn.done["draft_reply"]
+            if not draft.get("ok"):
+                failure = (draft.get("error") or {}).get("message", "the tool failed")
+                return _handoff(
+                    f"draft_reply failed: {failure}", f"No credit was made ({message}); no reply drafted."
+                )
+            return _final(f"No credit for {turn.customer}: {message}. A reply saying so is drafted.")
+        lookup = (turn.done.get("lookup_subscription") or {}).get("result") or {}
+        body = (
+            f"{_greeting(lookup)}\n\nwe reviewed your request and are not able to issue a credit at "
+            "this time. If you have questions about your charges, reply to this message.\n"
+        )
+        arguments = {"customer": obs.get("arguments", {}).get("customer") or turn.customer, "body": body}
+        if obs.get("arguments", {}).get("ticket"):
+            arguments["ticket"] = obs["arguments"]["ticket"]
+        return _tool("draft_reply", arguments, "No credit was made; tell the customer without promising one.")

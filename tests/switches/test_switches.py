@@ -279,14 +279,19 @@ def test_without_redis_the_version_is_a_file_every_process_reads(tmp_path, setti
 
 
 @override_settings(SWITCHES_REDIS_URL="redis://127.0.0.1:1/0", SWITCHES_REDIS_TIMEOUT_SECONDS=0.2)
-def test_unreachable_switch_store_fails_closed_for_writes_and_reads_keep_working(start_run, step):
+def test_unreachable_switch_store_fails_closed_for_writes_and_reads_keep_working(
+    start_run, step, pending_request, lead
+):
     with pytest.raises(switch_state.SwitchStoreUnavailable):
         switch_state.read_version()
     run = step(start_run(REFUND))
+    assert run.status == RunStatus.WAITING_APPROVAL  # the run's first write is the credit: parked
+    approval_decide(actor=lead, request=pending_request(run), decision="approve", reason="dup")
+    run = step(run)
     assert run.status == RunStatus.KILLED
     assert "unreachable" in run.terminal_reason and "fail closed" in run.terminal_reason
-    draft = run.invocations.get(tool="draft_reply")
-    assert draft.state == "refused"
+    assert run.invocations.get(tool="apply_credit").state == "refused"
+    assert not CreditLedger.objects.exists()
     assert run.invocations.get(tool="lookup_subscription").state == "succeeded"
     assert AuditEvent.objects.filter(action="tool.refused", trace_id=run.trace_id).exists()
     assert step(start_run(QUESTION)).status == RunStatus.SUCCEEDED
