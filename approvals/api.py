@@ -11,6 +11,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Query, Router, Schema
 
+from agents.tools import get_tool
 from approvals.access import request_for_viewer
 from approvals.models import ApprovalRequest, DecisionKind
 from approvals.schemas import ApprovalDetailOut, ApprovalOut, ApprovalPageOut, DecisionIn
@@ -66,6 +67,15 @@ def _out(request: ApprovalRequest, *, now=None, approvals: int | None = None) ->
     }
 
 
+def _review(request: ApprovalRequest) -> dict | None:
+    """The tool's review hook on the arguments under review, read now (as the item view
+    shows it); None for a tool without one."""
+    tool = get_tool(request.tool)
+    if tool is None or tool.review is None:
+        return None
+    return tool.review(request.tenant_id, request.approved_arguments or request.arguments)
+
+
 def _detail(request: ApprovalRequest) -> dict:
     decisions = request_decisions(request)
     current = request.approved_arguments or request.arguments
@@ -85,6 +95,7 @@ def _detail(request: ApprovalRequest) -> dict:
         trace_id=request.trace_id,
         trace_url=f"/api/v1/runs/{request.run.public_id}/trace",
         decision_reason=request.decision_reason,
+        review=_review(request),
         decisions=[
             {
                 "reviewer": d.reviewer.username,

@@ -63,6 +63,16 @@ class ApprovalDetailOut(ApprovalOut):
     trace_url: str
     decisions: list[DecisionOut]
     decision_reason: str
+    review: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "The tool's own check of the arguments under review, read at this request (null "
+            "for a tool without one). For apply_credit: customer, ticket, amount_cents, "
+            "justified_cents, charges (ref, date, amount_cents, duplicate, credited, credit_id, "
+            "credited_at), problems (code, message: the tool will refuse the call) and "
+            "history (the customer's credits of the last 90 days)."
+        ),
+    )
 
 
 class ApprovalPageOut(Schema):

@@ -8,16 +8,20 @@ render. htmx requests get the named partial; every form also works without JavaS
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import select_template
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from agents.tools import get_tool
 from approvals.access import handoff_for_person, handoffs_visible_to, may_work_handoffs, request_for_viewer
-from approvals.models import ApprovalRequest, DecisionKind, HandoffStatus
+from approvals.models import ApprovalRequest, ApprovalStatus, DecisionKind, HandoffStatus
 from approvals.selectors import (
     ListFilters,
     metrics_chart,
@@ -42,6 +46,11 @@ from console.errors import DomainError, InvalidInput, NotFound
 
 PAGE_SIZE = 100
 BULK_MAX = 50
+TOOL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # what may name a review template
+# The queue page runs a tool's review hook for at most this many pending rows (the first,
+# oldest due): a hook reads live (apply_credit's: ~5 queries) and the list refreshes every
+# few seconds. The item view always runs it.
+REVIEW_ROWS = 20
 
 
 def _viewable(request: HttpRequest, request_id) -> ApprovalRequest:
@@ -54,6 +63,30 @@ def _viewable(request: HttpRequest, request_id) -> ApprovalRequest:
 def _require_reviewer(request: HttpRequest) -> None:
     if not visible_queue_ids(request.user):
         raise Http404("No review queue that you may see.")
+
+
+# --- the tool's own check of a proposal (its review hook) -------------------------------
+
+
+def _review(item: ApprovalRequest) -> dict[str, Any] | None:
+    """What the tool's review hook says of the arguments under review (the edited ones once
+    an edit was approved), read now (a charge credited since the request was filed shows).
+    None for a tool without a hook."""
+    tool = get_tool(item.tool)
+    if tool is None or tool.review is None:
+        return None
+    return tool.review(item.tenant_id, item.approved_arguments or item.arguments)
+
+
+def _review_template(tool: str) -> str:
+    """The review partials' template: ``approvals/_review_<tool>.html`` where the tool has
+    one, else the generic ``approvals/_review.html``. Each defines the partials ``check``
+    (the item view's section), ``verdict`` (beside the Approve button) and ``row`` (the
+    queue page)."""
+    names = ["approvals/_review.html"]
+    if TOOL_NAME.match(tool):
+        names.insert(0, f"approvals/_review_{tool}.html")
+    return select_template(names).template.origin.template_name
 
 
 # --- the queue page ---------------------------------------------------------------------
@@ -80,7 +113,7 @@ def approvals_page(request: HttpRequest) -> HttpResponse:
         "filter_query": request.GET.urlencode(),
         "error": error,
         "queues": queue_overview(request.user, now=now),
-        "items": [{"r": r, "sla": sla_state(r, now), "lease": _lease(r, now)} for r in items],
+        "items": _rows(items, now),
         "more": more,
     }
     if request.htmx and request.GET.get("part") == "live":
@@ -88,6 +121,32 @@ def approvals_page(request: HttpRequest) -> HttpResponse:
     metrics = queue_metrics(request.user, now=now)
     context.update(metrics=metrics, chart=metrics_chart(metrics))
     return render(request, "approvals/page.html", context, status=422 if error else 200)
+
+
+def _rows(items: list[ApprovalRequest], now) -> list[dict]:
+    """The list's rows; the first ``REVIEW_ROWS`` pending ones carry their tool's check, read
+    live like the item view's."""
+    rows, checked, templates = [], 0, {}
+    for r in items:
+        review, template = None, ""
+        if r.status == ApprovalStatus.PENDING and checked < REVIEW_ROWS:
+            review = _review(r)
+        if review is not None:
+            checked += 1
+            if r.tool not in templates:
+                templates[r.tool] = _review_template(r.tool)
+            template = f"{templates[r.tool]}#row"
+        rows.append(
+            {
+                "r": r,
+                "sla": sla_state(r, now),
+                "lease": _lease(r, now),
+                "review": review,
+                "review_row": template,
+                "arguments": r.approved_arguments or r.arguments,
+            }
+        )
+    return rows
 
 
 def _lease(r: ApprovalRequest, now) -> dict | None:
@@ -147,6 +206,8 @@ def _detail_context(request: HttpRequest, item: ApprovalRequest, **extra) -> dic
     decisions = request_decisions(item)
     current = item.approved_arguments or item.arguments
     digest = proposal_hash(current)
+    review = _review(item)
+    template = _review_template(item.tool) if review is not None else ""
     context = {
         "item": item,
         "now": now,
@@ -156,6 +217,11 @@ def _detail_context(request: HttpRequest, item: ApprovalRequest, **extra) -> dic
         "approvals": sum(1 for d in decisions if d.decision == "approve" and d.proposal_hash == digest),
         "current": current,
         "current_json": json.dumps(current, indent=2, sort_keys=True),
+        "currency": current.get("currency") or item.currency or "USD",
+        "review": review,
+        "pending": item.status == ApprovalStatus.PENDING,
+        "review_check": f"{template}#check" if template else "",
+        "review_verdict": f"{template}#verdict" if template else "",
         "may_decide": request.user.has_perm(DECIDE_PERM, item.queue),
         "mine": bool(
             item.claimed_by_id == request.user.pk and item.claim_expires_at and item.claim_expires_at > now
@@ -168,7 +234,9 @@ def _detail_context(request: HttpRequest, item: ApprovalRequest, **extra) -> dic
 @login_required
 @require_GET
 def approval_detail(request: HttpRequest, request_id) -> HttpResponse:
-    """Summary first, then the proposal and its evidence; the raw trace on demand."""
+    """Summary first, then the tool's check of the proposal against the evidence (read
+    live), the proposal and the decision, the evidence the agent relied on; the raw trace
+    on demand."""
     item = _viewable(request, request_id)
     return render(request, "approvals/detail.html", _detail_context(request, item))
 
