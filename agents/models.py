@@ -427,6 +427,9 @@ class CreditLedger(models.Model):
     run = models.ForeignKey(AgentRun, null=True, blank=True, on_delete=models.PROTECT,
                             related_name="credits")
     idempotency_key = models.CharField(max_length=80)
+    # the ticket this credit answers (a ticket of the same customer; blank only on rows
+    # written before credits needed one)
+    ticket_number = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -442,6 +445,32 @@ class CreditLedger(models.Model):
         triggers = [
             pgtrigger.Protect(name="credit_ledger_no_update", operation=pgtrigger.Update),
             pgtrigger.Protect(name="credit_ledger_no_delete", operation=pgtrigger.Delete),
+        ]
+
+
+class CreditedCharge(models.Model):
+    """A charge a credit makes good. One row per charge, ever: the unique constraint is the
+    database's "one credit per charge", whatever the idempotency key or the worker."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey("console.Tenant", on_delete=models.PROTECT, related_name="+")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="credited_charges")
+    credit = models.ForeignKey(CreditLedger, on_delete=models.PROTECT, related_name="charges")
+    charge_ref = models.CharField(max_length=64)
+    charge_date = models.DateField()
+    charge_amount_cents = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "charge_ref"], name="uniq_credited_charge"),
+        ]
+        indexes = [
+            # serves: a customer's credited charges (evidence checks, the reviewer's history)
+            models.Index(fields=["tenant", "customer"], name="credited_charge_customer"),
+        ]
+        triggers = [
+            pgtrigger.Protect(name="credited_charge_no_update", operation=pgtrigger.Update),
+            pgtrigger.Protect(name="credited_charge_no_delete", operation=pgtrigger.Delete),
         ]
 
 

@@ -582,6 +582,9 @@ def _reserve_estimate() -> Decimal:
 
 
 def _think(run: AgentRun, lease: str, began: float) -> str | None:
+    closing = run.state.get(CLOSING)
+    if closing and int(closing.get("turns", 0)) >= CLOSING_TURNS:
+        return _finish_closing(run, lease, closing, began=began, note="closing turn over")
     agent = run.agent
     tools = [t.spec() for name in agent.allowed_tools if (t := get_tool(name))]
     estimate = _reserve_estimate()
@@ -694,6 +697,20 @@ def _thought(run, lease, began, request, calls, cost, settle) -> str | None:
     run.steps_used += 1
     run.tokens_used += usage["tokens"]
     run.cost_usd += cost
+    closing = run.state.get(CLOSING)
+    if closing and action["type"] in ("final", "handoff"):
+        # the closing turn ends with the decision that opened it, whatever the model says
+        return _finish_closing(
+            run,
+            lease,
+            closing,
+            began=began,
+            result={k: action[k] for k in ("message", "summary", "reason") if action.get(k)},
+            step=step,
+            run_fields=run_fields,
+            audits=[audit],
+            extra=settle,
+        )
     if action["type"] == "final":
         return _finish(
             run,
@@ -724,9 +741,44 @@ def _thought(run, lease, began, request, calls, cost, settle) -> str | None:
         )
     state = dict(run.state)
     state["pending"] = pending_action(run, action)
+    if closing:
+        state[CLOSING] = {**closing, "turns": int(closing.get("turns", 0)) + 1}
     run_fields["state"] = state
     _commit(run, lease, began=began, step=step, run_fields=run_fields, audits=[audit], extra=settle)
     return None
+
+
+# --- the closing turn: after a rejection or a denial ------------------------------------
+# A reviewer's rejection or the policy's denial of a proposed call is an observation the
+# model sees: it gets a few more steps to wrap up (say so to the customer in a draft that
+# promises nothing), where only read and write_low tools that the policy allows run. The
+# run then ends with the status and reason of the decision, whatever the model returns.
+CLOSING = "closing"
+CLOSING_TURNS = 3
+CLOSING_TIERS = ("read", "write_low")
+
+
+def _close(run, lease, pending, *, status, reason, began, failure_class, handoff, decision,
+           step, audits=(), extra=None) -> None:
+    """Record the rejected or denied call and hand the model its closing turn."""
+    state = _observe(
+        run, pending, ok=False, decision=decision,
+        error={"code": "rejected" if decision == "rejected" else "denied", "message": reason},
+    )
+    state[CLOSING] = {"status": status, "reason": reason, "failure_class": failure_class,
+                      "handoff": handoff, "turns": 0}
+    _commit(run, lease, began=began, step=step, run_fields={"state": state}, audits=audits, extra=extra)
+    run.state = state
+    return None
+
+
+def _finish_closing(run, lease, closing, *, began, note: str = "", **kwargs) -> str:
+    reason = closing["reason"] + (f" ({note})" if note else "")
+    return _finish(run, lease, closing["status"], reason, began=began,
+                   failure_class=closing.get("failure_class", ""), handoff=bool(closing.get("handoff")),
+                   **kwargs)
+
+
 
 
 # On a pending action: no invocation row exists for its step yet. Set when the model's
@@ -907,6 +959,10 @@ def _act(
                 "message": f"{name}: " + "; ".join(problems),
             },
         )
+    closing = run.state.get(CLOSING)
+    if closing and tool.tier not in CLOSING_TIERS:
+        return _finish_closing(run, lease, closing, began=began,
+                               note=f"{name} not run in the closing turn")
 
     # The switches read at the start of this step, matched for this tool and tier.
     switches = [
@@ -928,6 +984,25 @@ def _act(
         forced_approval=forced,
     )
     decision = policy.decide(ctx, switch_version=switch_version)
+    if (
+        tool.precheck is not None
+        and not blocking
+        and decision.effect != policy.DENY
+        and not ToolInvocation.objects.filter(run=run, step_seq=pending["seq"]).exists()
+    ):
+        # The tool's own invariants, after the policy's deny and before approval or the
+        # call: a proposal the tool would refuse never reaches a reviewer (and the tool
+        # checks again when it runs). The model sees the refusal and may correct itself.
+        refusals = tool.precheck(run.tenant_id, arguments)
+        if refusals:
+            code, message = refusals[0]
+            return _repair(
+                run,
+                lease,
+                pending,
+                began,
+                {"code": code, "class": FailureClass.DATA, "message": f"{name} refused: {message}"},
+            )
     if not blocking and decision.effect == policy.ALLOW:
         # Fast path, the common case: a fresh step's invocation is inserted already started
         # under this lease (one committed statement: key and proposal durable before the
@@ -967,6 +1042,9 @@ def _act(
     if decision.effect == policy.DENY:
         return _denied(run, lease, pending, tool, decision, began)
     if decision.effect == policy.REQUIRE_APPROVAL:
+        if closing:
+            return _finish_closing(run, lease, closing, began=began,
+                                   note=f"{name} would need an approval in the closing turn")
         return _park(run, lease, pending, tool, decision, began, invocation)
     invocation = invocation or _propose(run, pending, tool, decision, arguments=arguments)
     return _execute(run, lease, pending, tool, invocation, decision, began)
@@ -1072,24 +1150,27 @@ def _denied(run, lease, pending, tool, decision, began) -> str:
     )
     reason = f"Policy v{decision.policy_version} denied {tool.name}: {decision.reason}"
     reviewed = invocation.state in (InvocationState.AWAITING_APPROVAL, InvocationState.APPROVED)
-    return _finish(
+    # a call a reviewer let through, denied by the policy now: the row says denied too
+    extra = None
+    if reviewed:
+        extra = lambda step_row: broker.invocation_denied_after_approval(invocation, decision)  # noqa: E731
+    if run.state.get(CLOSING):
+        return _finish_closing(run, lease, run.state[CLOSING], began=began, step=step,
+                               note=f"{tool.name} denied in the closing turn",
+                               audits=[_policy_audit(pending, decision)], extra=extra)
+    return _close(
         run,
         lease,
-        RunStatus.DENIED,
-        reason,
+        pending,
+        status=RunStatus.DENIED,
+        reason=reason,
         began=began,
         failure_class=FailureClass.POLICY,
         handoff=True,
+        decision=decision.effect,
         step=step,
         audits=[_policy_audit(pending, decision)],
-        # a call a reviewer let through, denied by the policy now: the row says denied too
-        extra=(lambda step_row: broker.invocation_denied_after_approval(invocation, decision))
-        if reviewed else None,
-        run_fields={
-            "state": _observe(
-                run, pending, ok=False, decision=decision.effect, error={"code": "denied", "message": reason}
-            )
-        },
+        extra=extra,
     )
 
 
@@ -1214,20 +1295,18 @@ def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str 
     )
     if request.status == ApprovalStatus.REJECTED:
         reason = f"{tool.name} rejected by {who}: {request.decision_reason}"
-        return _finish(
+        return _close(
             run,
             lease,
-            RunStatus.DENIED,
-            reason,
+            pending,
+            status=RunStatus.DENIED,
+            reason=reason,
             began=began,
             failure_class=FailureClass.POLICY,
+            handoff=False,
+            decision="rejected",
             step=decided,
             extra=lambda step_row: broker.invocation_decided(invocation, outcome=request.status),
-            run_fields={
-                "state": _observe(
-                    run, pending, ok=False, decision="rejected", error={"code": "rejected", "message": reason}
-                )
-            },
         )
     if request.status != ApprovalStatus.APPROVED:
         return _finish(

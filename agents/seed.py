@@ -32,6 +32,8 @@ def _charges(index: int, price: int) -> list[dict]:
                for month in (1, 2, 3)]
     if index == 0:  # the scenario: billed twice in March
         charges.append({"date": "2026-03-02", "amount_cents": price, "ref": f"ch_{index}_3b"})
+    if index == 2:  # a larger duplicate (enterprise, February): credits that need two leads
+        charges.insert(2, {"date": "2026-02-03", "amount_cents": price, "ref": f"ch_{index}_2b"})
     return charges
 
 
@@ -60,6 +62,10 @@ def seed_support_data(*, tenants: dict) -> int:
                                 f"I was charged twice for {plan} in March "
                                 f"(${price / 100:.2f} on 2026-03-01 and 2026-03-02). "
                                 "Please refund the duplicate."))
+            if index == 2:
+                tickets.append((f"{code}-T2", "Charged twice in February",
+                                f"Our {plan} plan was charged twice in February "
+                                f"(${price / 100:.2f} on 2026-02-01 and 2026-02-03)."))
             for offset, (number, subject, body) in enumerate(tickets):
                 _, made = Ticket.objects.get_or_create(
                     tenant=tenant, number=number,

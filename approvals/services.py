@@ -197,6 +197,9 @@ def _check_edit(*, actor: User, request: ApprovalRequest, arguments: dict[str, A
             reason=f"An edit may lower the amount, not raise it ({old_amount} -> {new_amount} cents).",
         )
     run = AgentRun.objects.select_related("tenant").get(pk=request.run_id)
+    refusals = tool.precheck(run.tenant_id, arguments) if tool.precheck else []
+    if refusals:  # the tool's own invariants (e.g. a credit above its evidence)
+        raise InvalidInput(f"The tool would refuse the edited arguments: {refusals[0][1]}")
     decision = policy.decide(
         policy.ActionContext(
             tool=request.tool,

@@ -69,6 +69,17 @@ class Tool:
     side_effects: bool = False
     max_result_chars: int = 8000
     validator: Any = field(default=None, compare=False, repr=False)
+    # The tool's own invariants, checkable before the call: (tenant_id, arguments) ->
+    # [(code, message)]. The runtime runs it on a proposal before policy and approval, an
+    # approver's edit is checked with it, and the tool checks the same again when it runs.
+    precheck: Callable[[Any, dict[str, Any]], list[tuple[str, str]]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    # What a reviewer needs to judge a proposed call, read live: (tenant_id, arguments) ->
+    # a JSON-able dict (for apply_credit: the evidence check and the credit history).
+    review: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def spec(self) -> ToolSpec:
         return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
@@ -101,6 +112,8 @@ def register(
     idempotent: bool = True,
     side_effects: bool = False,
     max_result_chars: int = 8000,
+    precheck: Callable[[Any, dict[str, Any]], list[tuple[str, str]]] | None = None,
+    review: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
 ):
     """Decorator registering a tool function under ``name`` (last registration wins)."""
     jsonschema.Draft202012Validator.check_schema(parameters)
@@ -118,6 +131,8 @@ def register(
             side_effects=side_effects,
             max_result_chars=max_result_chars,
             validator=jsonschema.Draft202012Validator(parameters),
+            precheck=precheck,
+            review=review,
         )
         return func
 

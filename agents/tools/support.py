@@ -17,12 +17,19 @@ from django.db import IntegrityError, transaction
 
 from agents.models import (
     AccountChange,
+    CreditedCharge,
     CreditLedger,
     Customer,
     CustomerStatus,
     ReplyDraft,
     Subscription,
     Ticket,
+)
+from agents.tools.credits import (
+    credit_evidence,
+    credit_history,
+    credited_charges,
+    duplicate_groups,
 )
 from agents.tools.registry import ToolContext, ToolError, register
 from audit.services import Actor, audit_record
@@ -70,21 +77,21 @@ def lookup_subscription(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any
     # one customer's subscriptions, oldest first (the model's ordering would join two
     # tables to sort them by tenant slug and customer code, equal for all of them)
     subscriptions_of_customer = Subscription.objects.filter(tenant_id=claims.tenant_id, customer=customer)
+    credited = credited_charges(tenant_id=claims.tenant_id, customer=customer)
     for sub in subscriptions_of_customer.order_by("started_on", "pk")[:5]:
         charges = list(sub.charges)[-12:]
-        by_month: dict[str, list[dict]] = {}
-        for charge in charges:
-            by_month.setdefault(charge["date"][:7], []).append(charge)
-        duplicates = [
-            {
-                "month": month,
-                "count": len(items),
-                "amount_cents": items[-1]["amount_cents"],
-                "refs": [c.get("ref", "") for c in items],
-            }
-            for month, items in by_month.items()
-            if len(items) > 1
-        ]
+        duplicates = duplicate_groups(charges)
+        for group in duplicates:
+            group["duplicates"] = [
+                {
+                    "ref": charge.get("ref", ""),
+                    "date": charge.get("date"),
+                    "amount_cents": charge["amount_cents"],
+                    "credited": charge.get("ref") in credited,
+                    "credit_id": credited[charge["ref"]].credit_id if charge.get("ref") in credited else None,
+                }
+                for charge in group["duplicates"]
+            ]
         subscriptions.append(
             {
                 "plan": sub.plan,
@@ -100,6 +107,7 @@ def lookup_subscription(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any
         "name": customer.name,
         "status": customer.status,
         "subscriptions": subscriptions,
+        "recent_credits": credit_history(tenant_id=claims.tenant_id, customer=customer),
     }
 
 
@@ -230,24 +238,50 @@ def _test_hold(name: str) -> None:
         time.sleep(0.05)
 
 
+def _credit_problems(tenant_id, arguments: dict[str, Any]) -> list[tuple[str, str]]:
+    """The evidence check as the runtime's pre-check (before policy and approval)."""
+    return credit_evidence(tenant_id=tenant_id, arguments=arguments).problems
+
+
+def _credit_review(tenant_id, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The evidence check and the customer's credits of the last 90 days, for the reviewer."""
+    return credit_evidence(tenant_id=tenant_id, arguments=arguments, history=True).as_dict()
+
+
 @register(
     name="apply_credit",
     tier="write_high",
     timeout_seconds=5,
     max_attempts=3,
     side_effects=True,
-    description="Apply a goodwill credit to a customer's account (in cents).",
+    description=(
+        "Apply a goodwill credit (in cents) that makes good duplicate charge(s) named by "
+        "reference, for one of the customer's tickets. Refused when the charges do not "
+        "justify the amount, were already credited, or are not this customer's."
+    ),
     parameters={
         "type": "object",
         "additionalProperties": False,
-        "required": ["customer", "amount_cents", "reason"],
+        "required": ["customer", "amount_cents", "reason", "ticket", "charges"],
         "properties": {
             "customer": CUSTOMER,
             "amount_cents": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
             "currency": {"enum": ["USD"]},
             "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+            "ticket": {"type": "string", "minLength": 1, "maxLength": 32,
+                       "description": "The customer's ticket this credit answers, e.g. C-1001-T2"},
+            "charges": {
+                "type": "array",
+                "maxItems": 12,
+                "uniqueItems": True,
+                "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                "description": "References of the duplicate charges it makes good "
+                "(lookup_subscription: duplicate_charges[].duplicates[].ref)",
+            },
         },
     },
+    precheck=_credit_problems,
+    review=_credit_review,
 )
 def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     claims = ctx.claims("apply_credit")
@@ -257,6 +291,13 @@ def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
         entry = CreditLedger.objects.filter(idempotency_key=ctx.idempotency_key).first()
         replayed = entry is not None
         if entry is None:
+            # one credit decision per customer at a time: the evidence read below cannot
+            # go stale before the insert (the unique charge constraint is the backstop)
+            Customer.objects.select_for_update().filter(pk=customer.pk).order_by().first()
+            evidence = credit_evidence(tenant_id=claims.tenant_id, arguments=args)
+            if evidence.problems:
+                code, message = evidence.problems[0]
+                raise ToolError(f"apply_credit refused: {message}", failure_class="data", code=code)
             try:
                 with transaction.atomic():
                     entry = CreditLedger.objects.create(
@@ -265,12 +306,31 @@ def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
                         amount_cents=args["amount_cents"],
                         currency=args.get("currency", "USD"),
                         reason=args["reason"],
+                        ticket_number=evidence.ticket.number,
                         run_id=ctx.run_pk,
                         idempotency_key=ctx.idempotency_key,
                     )
-            except IntegrityError:  # a concurrent call with the same key won
-                entry = CreditLedger.objects.get(idempotency_key=ctx.idempotency_key)
-                replayed = True
+                    CreditedCharge.objects.bulk_create(
+                        CreditedCharge(
+                            tenant_id=claims.tenant_id,
+                            customer=customer,
+                            credit=entry,
+                            charge_ref=charge["ref"],
+                            charge_date=charge["date"],
+                            charge_amount_cents=charge["amount_cents"],
+                        )
+                        for charge in evidence.charges
+                    )
+            except IntegrityError:
+                entry = CreditLedger.objects.filter(idempotency_key=ctx.idempotency_key).first()
+                if entry is None:  # not our key: another credit took one of the charges
+                    raise ToolError(
+                        "apply_credit refused: a charge it names was credited at the same moment "
+                        "by another call.",
+                        failure_class="data",
+                        code="already_credited",
+                    ) from None
+                replayed = True  # a concurrent call with the same key won
             if not replayed:
                 audit_record(
                     actor=Actor.run(ctx.run_public_id),
@@ -283,6 +343,8 @@ def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
                         "customer": customer.code,
                         "amount_cents": entry.amount_cents,
                         "currency": entry.currency,
+                        "ticket": entry.ticket_number,
+                        "charges": [c["ref"] for c in evidence.charges],
                         "run_id": ctx.run_public_id,
                     },
                 )
@@ -292,6 +354,7 @@ def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
                 failure_class="logic",
                 code="idempotency_conflict",
             )
+        refs = [c.charge_ref for c in entry.charges.all()]
     _test_hold("apply_credit")
     return {
         "credit_id": entry.pk,
@@ -299,6 +362,8 @@ def apply_credit(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
         "amount_cents": entry.amount_cents,
         "amount": _dollars(entry.amount_cents),
         "currency": entry.currency,
+        "ticket": entry.ticket_number,
+        "charges": refs,
         "replayed": replayed,
     }
 

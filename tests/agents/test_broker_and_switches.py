@@ -43,7 +43,8 @@ postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="
 
 def _credit_invocation(run, **args):
     tool = get_tool("apply_credit")
-    arguments = {"customer": "C-1001", "amount_cents": 4000, "reason": "dup", **args}
+    arguments = {"customer": "C-1001", "amount_cents": 4000, "reason": "dup", "ticket": "C-1001-T2",
+                 "charges": ["ch_0_3b"], **args}
     return tool, broker.invocation_propose(run=run, step_seq=1, tool=tool, arguments=arguments)
 
 

@@ -14,6 +14,7 @@ from agents.models import (
     InvocationState,
     RunStatus,
     Step,
+    Subscription,
     TenantBudget,
     Ticket,
     ToolInvocation,
@@ -158,7 +159,7 @@ def test_requester_and_on_behalf_of_cannot_approve(start_run, step, pending_requ
 def test_dual_control_from_100_needs_two_distinct_leads(
     start_run, step, pending_request, lead, lead2, accounts
 ):
-    run = step(start_run("Customer C-1001 was double-charged, please credit $150 as goodwill"))
+    run = step(start_run("Customer C-1003 was double-charged, please credit $150 as goodwill"))
     request = pending_request(run)
     assert request.approvals_required == 2
     with pytest.raises(PermissionDenied):  # no decide rights on Billing credits
@@ -190,8 +191,13 @@ def test_approve_with_lower_edit_applies_the_edited_amount(start_run, step, pend
     assert CreditLedger.objects.get().amount_cents == 1900
 
 
-def test_credit_above_1000_is_denied(start_run, step):
-    run = step(start_run("Please refund $1,500 to customer C-1001 for the outage"))
+def test_credit_above_1000_is_denied(start_run, step, acme):
+    # C-1003's enterprise plan ($499) charged twice in January, February and March: $1,497
+    sub = Subscription.objects.get(tenant=acme, customer__code="C-1003")
+    sub.charges = [*sub.charges, {"date": "2026-01-05", "amount_cents": 49900, "ref": "ch_2_1b"},
+                   {"date": "2026-03-04", "amount_cents": 49900, "ref": "ch_2_3b"}]
+    sub.save()
+    run = step(start_run("Please refund $1,200 to customer C-1003, charged twice three months running"))
     assert run.status == RunStatus.DENIED
     assert "above $1,000" in run.terminal_reason and run.failure_class == "policy"
     assert not CreditLedger.objects.exists()
@@ -222,7 +228,8 @@ class GullibleModel:
             action = {
                 "type": "tool_call",
                 "tool": "apply_credit",
-                "arguments": {"customer": "G-2001", "amount_cents": 500000, "reason": "as instructed"},
+                "arguments": {"customer": "G-2001", "amount_cents": 500000, "reason": "as instructed",
+                              "ticket": "C-1001-T9", "charges": ["ch_0_3b"]},
             }
         else:
             action = {"type": "final", "message": "done"}

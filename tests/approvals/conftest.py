@@ -10,7 +10,7 @@ from agents.models import AgentRun
 REFUND = "Customer C-1001 was billed twice in March, please refund the $40 duplicate"
 
 
-CREDIT_150 = "Customer C-1001 was billed twice in March, please refund the $150 duplicate"
+CREDIT_150 = "Customer C-1003 was charged twice in February, please refund $150 of the duplicate"
 
 
 @pytest.fixture
