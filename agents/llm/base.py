@@ -62,7 +62,9 @@ class ToolSpec:
 
 @dataclass
 class ModelRequest:
-    messages: list[dict[str, Any]]  # OpenAI-style chat messages, untrusted text delimited
+    # Chat-completions messages as agents.prompting.build_messages builds them: native tool
+    # calls (a route with tool_calling=json converts them), untrusted text in data blocks.
+    messages: list[dict[str, Any]]
     tools: list[ToolSpec] = field(default_factory=list)
     step_kind: str = STEP_PLAN
     trace_id: str = ""
@@ -85,6 +87,9 @@ class ModelResponse:
     prompt_hash: str = ""
     # Routes tried before this answer, in order: [{"route", "outcome", "reason"}] (trace).
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    # What the client did to the answer that the step should show (e.g. "the answer had 2
+    # tool calls; only the first was taken").
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -104,10 +109,25 @@ class ModelError(Exception):
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost_usd = 0.0
+        # Per route tried, when a router raised it: [{"route", "outcome", "reason"}].
+        self.reasons: list[dict[str, Any]] = []
 
 
 class InvalidModelOutput(ModelError):
     """The output stayed invalid after the bounded repair loop."""
+
+
+class ModelRequestRejected(ModelError):
+    """A route answered HTTP 400 (or 413, 422) to a well-formed request: the server is up
+    and says what it will not take (a conversation its template refuses, a context too
+    long). A model failure, not an outage: no retry, no fallback, no breaker failure; the
+    run fails with the server's message (``detail``)."""
+
+    def __init__(self, message: str, *, route: str = "", status: int = 400, detail: str = ""):
+        super().__init__(message, retryable=False)
+        self.route = route
+        self.status = status
+        self.detail = detail
 
 
 class AllRoutesDown(ModelError):

@@ -9,7 +9,11 @@ Sources, later ones winning field by field:
      "api_key_file" | "api_key_env" | "api_key", "timeout", "price_in", "price_out", ...}}``
   2. per-route environment variables ``MODEL_ROUTE_<NAME>_<FIELD>`` (``BASE_URL``,
      ``MODEL``, ``API_KEY``, ``API_KEY_FILE``, ``TIMEOUT``, ``PRICE_IN``, ``PRICE_OUT``,
-     ``MAX_ATTEMPTS``, ``DEADLINE``, ``MAX_TOKENS``); ``<NAME>`` is lower-cased.
+     ``MAX_ATTEMPTS``, ``DEADLINE``, ``MAX_TOKENS``, ``TOOL_CALLING``); ``<NAME>`` is lower-cased.
+
+``tool_calling`` is ``native`` (the default: ``tools`` and ``tool_calls`` as OpenAI's API
+has them) or ``json`` for a server without native tool calls (the calls travel as JSON in
+the message content; ``agents.prompting.json_mode_messages``).
 
 API keys are kept out of ``repr`` and never logged; read them from a file where you can.
 """
@@ -35,9 +39,11 @@ STEP_KINDS = (STEP_PLAN, STEP_TOOL, STEP_SUMMARY)
 
 _ENV_RE = re.compile(
     r"^MODEL_ROUTE_(?P<name>[A-Z0-9_]+?)_(?P<field>BASE_URL|MODEL|API_KEY_FILE|API_KEY|TIMEOUT|"
-    r"PRICE_IN|PRICE_OUT|MAX_ATTEMPTS|DEADLINE|MAX_TOKENS)$"
+    r"PRICE_IN|PRICE_OUT|MAX_ATTEMPTS|DEADLINE|MAX_TOKENS|TOOL_CALLING)$"
 )
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TOOL_CALLING_NATIVE, TOOL_CALLING_JSON = "native", "json"
+TOOL_CALLING_MODES = (TOOL_CALLING_NATIVE, TOOL_CALLING_JSON)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Route:
     deadline: float = 90.0  # seconds for one call on this route, retries included
     max_tokens: int | None = None
     temperature: float | None = 0.0
+    tool_calling: str = TOOL_CALLING_NATIVE  # or "json": no native tool calls on this server
 
     @property
     def url(self) -> str:
@@ -69,7 +76,8 @@ class Route:
     def describe(self) -> dict[str, Any]:
         """What may be shown or logged about the route: never the key."""
         return {"name": self.name, "url": self.url, "model": self.model,
-                "api_key": "[set]" if self.api_key else "", "timeout": self.timeout}
+                "api_key": "[set]" if self.api_key else "", "timeout": self.timeout,
+                "tool_calling": self.tool_calling}
 
 
 _NUMBERS = {"timeout": float, "price_in": float, "price_out": float, "max_attempts": int,
@@ -118,6 +126,13 @@ def _build_route(name: str, spec: Mapping[str, Any]) -> Route:
             f"{where}: base_url={base_url!r} is not an http(s) URL; expected e.g. "
             "http://127.0.0.1:8000/v1 (vLLM) or http://127.0.0.1:11434/v1 (Ollama)."
         )
+    tool_calling = str(spec.get("tool_calling") or TOOL_CALLING_NATIVE).strip().lower()
+    if tool_calling not in TOOL_CALLING_MODES:
+        raise ImproperlyConfigured(
+            f"{where}: tool_calling={spec['tool_calling']!r} is not one of {list(TOOL_CALLING_MODES)} "
+            "(json: for a server without native tool calls)."
+        )
+    values["tool_calling"] = tool_calling
     model = str(spec.get("model") or "").strip()
     if not model:
         raise ImproperlyConfigured(f"{where}: model is missing (the model name the server serves).")

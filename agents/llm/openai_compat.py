@@ -2,14 +2,26 @@
 
 One ``complete()`` call:
   1. the circuit breaker of the route is consulted (open: ``RouteUnavailable`` at once);
-  2. POST with a timeout; 429, 5xx, timeouts, connection errors and unparseable bodies are
-     retried with exponential backoff (tenacity), bounded by ``max_attempts`` and the
-     route's ``deadline``; each of them counts as a breaker failure. Other 4xx are not
-     retried (the request, the key or the model name is wrong) and do not trip the breaker;
+  2. POST the messages (``agents.prompting`` built them; a ``tool_calling=json`` route gets
+     ``json_mode_messages`` of them) with ``tools`` (JSON-Schema function definitions),
+     ``tool_choice: "auto"`` and ``parallel_tool_calls: false``, and a timeout. 429, 5xx,
+     timeouts, connection errors and unparseable bodies are retried with exponential
+     backoff (tenacity), bounded by ``max_attempts`` and the route's ``deadline``; each of
+     them counts as a breaker failure. An answer with an empty ``choices`` is retried too,
+     but the server is up: no breaker failure. 400, 413 and 422 mean the server refuses
+     this request: ``ModelRequestRejected`` at once, with the server's message (a model
+     failure: no retry, no fallback, no breaker failure). Other 4xx (bad key, unknown
+     model) are not retried either and do not trip the breaker; the router moves on;
   3. the answer becomes one action (a tool call, or a JSON ``final`` / ``handoff`` object in
      the content) validated against ``ACTION_SCHEMA`` and the tool's JSON Schema; an unknown
      tool is a validation error. At most ``max_repairs`` (2) repair turns send the errors
-     back to the model; still invalid raises ``InvalidModelOutput``;
+     back to the model; still invalid raises ``InvalidModelOutput``. Servers' quirks:
+     ``arguments`` as an object (Ollama) is taken as it is; ``content: null`` beside
+     ``tool_calls`` is no rationale; of several tool calls in one answer (a server that
+     ignores ``parallel_tool_calls``) the first is taken and ``ModelResponse.notes`` says
+     so (each call still meets policy on its own, the model sees the result and may call
+     the next one); ``finish_reason: "length"`` (or ``content_filter``) is an invalid,
+     cut-off answer, repaired like any other;
   4. tokens and cost come from the response's ``usage`` (estimated from text if absent),
      summed over repairs.
 
@@ -24,7 +36,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from django.conf import settings
@@ -45,11 +57,13 @@ from agents.llm.base import (
     InvalidModelOutput,
     ModelError,
     ModelRequest,
+    ModelRequestRejected,
     ModelResponse,
     ToolSpec,
 )
 from agents.llm.breaker import CircuitBreaker
-from agents.llm.config import Route
+from agents.llm.config import TOOL_CALLING_JSON, Route
+from agents.prompting import json_mode_messages, prompt_hash, tool_definitions
 from audit.redaction import redact_text
 
 logger = logging.getLogger(__name__)
@@ -59,6 +73,12 @@ _MAX_ERRORS = 8
 _ACTION_VALIDATOR = Draft202012Validator(ACTION_SCHEMA)
 _BRANCHES = {branch["properties"]["type"]["const"]: branch for branch in ACTION_SCHEMA["oneOf"]}
 _FENCE_RE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+# HTTP statuses that mean "this request will not be taken", said by a server that is up.
+REJECTED_STATUSES = (400, 413, 422)
+_CUT_OFF = {
+    "length": "the answer was cut off at the token limit (finish_reason 'length'); answer again, shorter",
+    "content_filter": "the server's content filter withheld the answer (finish_reason 'content_filter')",
+}
 
 
 class RouteUnavailable(ModelError):
@@ -72,6 +92,10 @@ class RouteUnavailable(ModelError):
 
 class _Transient(Exception):
     """A failure worth retrying on the same route (429, 5xx, timeout, broken answer)."""
+
+
+class _NoAnswer(_Transient):
+    """HTTP 200 with an empty ``choices``: the server is up but said nothing; ask again."""
 
 
 def breaker_for(route_name: str, **overrides: Any) -> CircuitBreaker:
@@ -126,33 +150,63 @@ def _parse_json_object(text: str) -> tuple[Any, str | None]:
         return None, f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
 
 
-def parse_answer(message: Mapping[str, Any], tools: Mapping[str, ToolSpec]) -> tuple[Any, list[str], str]:
-    """(action, errors, raw text) from one chat-completion ``message``."""
-    content = message.get("content") or ""
+class Answer(NamedTuple):
+    """One chat-completion choice read as an action."""
+
+    action: Any
+    errors: list[str]
+    raw: str  # what the model said, for the trace and the repair turn
+    notes: list[str]
+
+
+def _tool_call_action(tool_calls: Any, content: str) -> Answer:
+    errors: list[str] = []
+    notes: list[str] = []
+    if not isinstance(tool_calls, list) or not all(isinstance(call, dict) for call in tool_calls):
+        return Answer(None, ["'tool_calls' must be a list of objects"], json.dumps(tool_calls)[:4000], [])
+    if len(tool_calls) > 1:
+        names = ", ".join(str((call.get("function") or {}).get("name")) for call in tool_calls)
+        notes.append(f"the answer had {len(tool_calls)} tool calls ({names}); only the first was taken")
+    function = tool_calls[0].get("function")
+    if not isinstance(function, dict):
+        function = {}
+        errors.append("the tool call has no 'function' object")
+    name, arguments = function.get("name"), function.get("arguments")
+    raw = json.dumps({"tool_call": {"name": name, "arguments": arguments}}, ensure_ascii=False)
+    if isinstance(arguments, str):  # the protocol: a JSON string
+        arguments, problem = _parse_json_object(arguments) if arguments.strip() else ({}, None)
+        if problem:
+            errors.append(f"the arguments of tool {name!r} are not valid JSON: {problem}")
+            arguments = {}
+    elif arguments is None:
+        arguments = {}
+    elif not isinstance(arguments, dict):  # an object is Ollama's way; anything else is wrong
+        errors.append(f"the arguments of tool {name!r} must be a JSON object, got {type(arguments).__name__}")
+        arguments = {}
+    action: dict[str, Any] = {"type": "tool_call", "tool": name, "arguments": arguments}
+    if content.strip():
+        action["rationale"] = content.strip()[:2000]
+    return Answer(action, errors, raw, notes)
+
+
+def parse_answer(
+    message: Mapping[str, Any], tools: Mapping[str, ToolSpec], *, finish_reason: Any = None
+) -> Answer:
+    """One chat-completion ``message`` (and its choice's ``finish_reason``) as an action, with
+    every reason it is not acceptable (none: it is)."""
+    content = message.get("content") or ""  # null beside tool_calls
     if not isinstance(content, str):
         content = json.dumps(content)
-    tool_calls = message.get("tool_calls") or []
-    if tool_calls:
-        errors: list[str] = []
-        if len(tool_calls) > 1:
-            errors.append(f"propose exactly one action per answer; you called {len(tool_calls)} tools")
-        function = (tool_calls[0] or {}).get("function") or {}
-        name, arguments = function.get("name"), function.get("arguments")
-        raw = json.dumps({"tool_call": {"name": name, "arguments": arguments}}, ensure_ascii=False)
-        if isinstance(arguments, str):
-            arguments, problem = _parse_json_object(arguments) if arguments.strip() else ({}, None)
-            if problem:
-                errors.append(f"the arguments of tool {name!r} are not valid JSON: {problem}")
-                arguments = {}
-        action: dict[str, Any] = {"type": "tool_call", "tool": name,
-                                  "arguments": {} if arguments is None else arguments}
-        if content.strip():
-            action["rationale"] = content.strip()[:2000]
-        return action, errors + validate_action(action, tools), raw
+    cut_off = [_CUT_OFF[finish_reason]] if finish_reason in _CUT_OFF else []
+    if message.get("tool_calls"):
+        answer = _tool_call_action(message["tool_calls"], content)
+        if answer.action is not None:
+            answer.errors.extend(validate_action(answer.action, tools))
+        return answer._replace(errors=cut_off + answer.errors)
     parsed, problem = _parse_json_object(content)
     if problem:
-        return None, [problem], content
-    return parsed, validate_action(parsed, tools), content
+        return Answer(None, [*cut_off, problem], content, [])
+    return Answer(parsed, cut_off + validate_action(parsed, tools), content, [])
 
 
 def repair_messages(raw: str, errors: list[str], *, tools_offered: bool) -> list[dict[str, Any]]:
@@ -196,18 +250,20 @@ class OpenAICompatClient:
         return f"OpenAICompatClient({self.route.name!r}, {self.route.url!r}, {self.route.model!r})"
 
     def _payload(self, messages: list[dict[str, Any]], request: ModelRequest) -> dict[str, Any]:
+        tools = request.tools if request.step_kind != STEP_SUMMARY else []
+        if self.route.tool_calling == TOOL_CALLING_JSON:
+            # No native tool calls on this server: the same conversation, calls as JSON text.
+            messages, tools = json_mode_messages(messages, tools), []
         payload: dict[str, Any] = {"model": self.route.model, "messages": messages, "stream": False}
         if self.route.temperature is not None:
             payload["temperature"] = self.route.temperature
         if self.route.max_tokens:
             payload["max_tokens"] = self.route.max_tokens
-        if request.tools and request.step_kind != STEP_SUMMARY:
-            payload["tools"] = [
-                {"type": "function",
-                 "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-                for t in request.tools
-            ]
+        if tools:
+            payload["tools"] = tool_definitions(tools)
             payload["tool_choice"] = "auto"
+            # One action per step: policy decides on each call before the next is proposed.
+            payload["parallel_tool_calls"] = False
         return payload
 
     def _headers(self) -> dict[str, str]:
@@ -215,6 +271,20 @@ class OpenAICompatClient:
         if self.route.api_key:
             headers["Authorization"] = f"Bearer {self.route.api_key}"
         return headers
+
+    def _detail(self, response: httpx.Response) -> str:
+        """The server's own words about a refused request (OpenAI's ``error.message`` when the
+        body has one), redacted: never the key."""
+        text = response.text
+        try:
+            error = response.json().get("error")
+            if isinstance(error, dict) and error.get("message"):
+                text = str(error["message"])
+            elif isinstance(error, str):
+                text = error
+        except (ValueError, AttributeError):
+            pass
+        return redact_text(text[:500].replace(self.route.api_key or "\x00", "[REDACTED]"))
 
     def _attempt(self, http: httpx.Client, payload: dict[str, Any]) -> dict[str, Any]:
         route = self.route
@@ -235,20 +305,30 @@ class OpenAICompatClient:
         if status == 429 or status >= 500:
             self.breaker.record_failure()
             raise _Transient(f"HTTP {status}")
+        if status in REJECTED_STATUSES:
+            # The server is up and refuses this request: a model failure, not an outage.
+            self.breaker.record_success()
+            detail = self._detail(response)
+            raise ModelRequestRejected(
+                f"route {route.name!r} refused the request with HTTP {status}: {detail}",
+                route=route.name, status=status, detail=detail,
+            )
         if status >= 400:
-            # The server is up but refuses this request (bad key, unknown model, too long).
+            # The server is up but refuses this route's call (bad key, unknown model).
             self.breaker.record_success()
             detail = redact_text(response.text[:300].replace(route.api_key or "\x00", "[REDACTED]"))
             raise RouteUnavailable(f"route {route.name!r}: HTTP {status} ({detail})", outcome="refused")
         try:
             body = response.json()
-            message = body["choices"][0]["message"]
-            if not isinstance(message, dict):
+            choices = body["choices"]
+            if not isinstance(choices, list) or (choices and not isinstance(choices[0].get("message"), dict)):
                 raise TypeError
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.breaker.record_failure()
             raise _Transient("the response is not a chat completion (malformed body)") from None
         self.breaker.record_success()
+        if not choices:
+            raise _NoAnswer("the server answered with no choices")
         return body
 
     def _post(self, http: httpx.Client, payload: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -269,52 +349,57 @@ class OpenAICompatClient:
             return body, attempts
         except _Transient as exc:
             raise RouteUnavailable(f"route {route.name!r}: {exc} (after {attempts} attempt(s))",
-                                   outcome="failed") from None
+                                   outcome="no_answer" if isinstance(exc, _NoAnswer) else "failed") from None
         except RetryError as exc:  # pragma: no cover - reraise=True re-raises the cause
             raise RouteUnavailable(f"route {route.name!r}: {exc}", outcome="failed") from None
 
     def complete(self, request: ModelRequest) -> ModelResponse:
-        from agents.prompting import prompt_hash
-
         route = self.route
         tools = {tool.name: tool for tool in request.tools} if request.step_kind != STEP_SUMMARY else {}
         messages = list(request.messages)
         started = time.monotonic()
         prompt_tokens = completion_tokens = attempts = 0
         errors: list[str] = []
+        sent_hash = ""
         timeout = httpx.Timeout(route.timeout)
         with httpx.Client(timeout=timeout, follow_redirects=False) as http:
             for repair in range(self.max_repairs + 1):
+                payload = self._payload(messages, request)
+                if repair == 0:  # the hash of what the step sent, repairs aside
+                    sent_hash = prompt_hash(payload["messages"], tools=list(tools), model=route.model)
                 try:
-                    body, tries = self._post(http, self._payload(messages, request))
-                except RouteUnavailable as exc:
+                    body, tries = self._post(http, payload)
+                except ModelError as exc:
                     exc.prompt_tokens, exc.completion_tokens = prompt_tokens, completion_tokens
                     exc.cost_usd = route.cost(prompt_tokens, completion_tokens)
                     raise
                 attempts += tries
-                message = body["choices"][0]["message"]
+                choice = body["choices"][0]
+                message = choice["message"]
                 usage = body.get("usage") or {}
                 prompt_tokens += int(usage.get("prompt_tokens") or _estimate_tokens(json.dumps(messages)))
                 completion_tokens += int(usage.get("completion_tokens")
                                          or _estimate_tokens(json.dumps(message)))
-                action, errors, raw = parse_answer(message, tools)
+                answer = parse_answer(message, tools, finish_reason=choice.get("finish_reason"))
+                errors = answer.errors
                 if not errors:
                     return ModelResponse(
-                        action=action,
+                        action=answer.action,
                         model=str(body.get("model") or route.model),
                         route=route.name,
-                        raw=raw,
+                        raw=answer.raw,
                         prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens,
                         cost_usd=route.cost(prompt_tokens, completion_tokens),
                         latency_ms=round((time.monotonic() - started) * 1000, 1),
                         repairs=repair,
                         attempts=attempts,
-                        prompt_hash=prompt_hash(request.messages, tools=list(tools), model=route.model),
+                        prompt_hash=sent_hash,
+                        notes=answer.notes,
                     )
                 logger.info("route %s: invalid model output (repair %d/%d): %s", route.name, repair,
                             self.max_repairs, "; ".join(errors))
-                messages = messages + repair_messages(raw, errors, tools_offered=bool(tools))
+                messages = messages + repair_messages(answer.raw, errors, tools_offered=bool(tools))
         failure = InvalidModelOutput(
             f"route {route.name!r}: the model's answer was still invalid after {self.max_repairs} "
             f"repair attempt(s): {'; '.join(errors)}"

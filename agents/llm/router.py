@@ -1,10 +1,18 @@
 """Model routing: an ordered list of routes per step kind, with fallback.
 
 ``RoutedClient.complete`` tries the routes for the request's step kind in order (planning,
-tool-call and summarising steps may use different routes). A route that is down, refuses,
-has an open breaker or keeps answering invalid output is recorded and the next one is
-tried. When none answers it raises ``AllRoutesDown`` with one reason per route: the runtime
-hands the run off to a human with that reason. Total time is bounded: after
+tool-call and summarising steps may use different routes). A route that is down, refuses
+the call (bad key, unknown model), has an open breaker or keeps answering invalid output
+is recorded and the next one is tried. When none answers:
+
+- if a route answered but its output stayed invalid after the repairs, the failure is the
+  model's: ``InvalidModelOutput`` (the run fails), with every route's reason;
+- otherwise no route could answer at all: ``AllRoutesDown`` with one reason per route (the
+  runtime hands the run off to a human with that reason).
+
+A route that answers HTTP 400 to a well-formed request (``ModelRequestRejected``) ends the
+step at once, as a model failure with the server's message: the server is up, and the same
+conversation sent elsewhere is no outage fixed. Total time is bounded: after
 ``total_deadline`` seconds no further route is started (one route's own time is bounded by
 its ``deadline`` plus one ``timeout``).
 
@@ -28,6 +36,7 @@ from agents.llm.base import (
     ModelClient,
     ModelError,
     ModelRequest,
+    ModelRequestRejected,
     ModelResponse,
 )
 from agents.llm.config import Route, routes_for_agent
@@ -43,6 +52,8 @@ def _outcome(exc: Exception) -> str:
         return exc.outcome
     if isinstance(exc, InvalidModelOutput):
         return "invalid_output"
+    if isinstance(exc, ModelRequestRejected):
+        return "rejected"
     if isinstance(exc, ModelError):
         return "error"
     return "unexpected_error"
@@ -101,6 +112,13 @@ class RoutedClient:
                 continue
             try:
                 response = self._client(route).complete(request)
+            except ModelRequestRejected as exc:
+                # The server is up and refuses this conversation: the model step failed.
+                exc.prompt_tokens += spent[0]
+                exc.completion_tokens += spent[1]
+                exc.cost_usd = round(exc.cost_usd + spent[2], 8)
+                exc.reasons = [*trail, {"route": route.name, "outcome": "rejected", "reason": str(exc)[:500]}]
+                raise
             except Exception as exc:  # a route's failure must never crash the run
                 if not isinstance(exc, ModelError):
                     logger.exception("route %s: unexpected error", route.name)
@@ -117,9 +135,16 @@ class RoutedClient:
             response.fallbacks = trail + list(response.fallbacks)
             return response
         summary = "; ".join(f"{item['route']}: {item['reason']}" for item in trail)
-        failure = AllRoutesDown(
-            f"every model route for {request.step_kind!r} steps failed ({summary})", reasons=trail
-        )
+        if any(item["outcome"] == "invalid_output" for item in trail):
+            # A model answered and could not be repaired: the model failed, no outage.
+            failure: ModelError = InvalidModelOutput(
+                f"no model route gave a valid answer for a {request.step_kind!r} step ({summary})"
+            )
+            failure.reasons = trail
+        else:
+            failure = AllRoutesDown(
+                f"every model route for {request.step_kind!r} steps failed ({summary})", reasons=trail
+            )
         failure.prompt_tokens, failure.completion_tokens, failure.cost_usd = spent[0], spent[1], spent[2]
         raise failure
 

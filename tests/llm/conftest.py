@@ -7,7 +7,7 @@ import pytest
 from agents.llm.breaker import CircuitBreaker
 from agents.llm.config import Route
 from agents.llm.openai_compat import OpenAICompatClient
-from tests.llm.fake_openai import FakeOpenAI
+from tests.llm.fake_openai import StrictOpenAI
 
 
 class FakeClock:
@@ -23,18 +23,24 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture
-def fake_openai():
-    server = FakeOpenAI().start()
+def _strict_server():
+    """A strict chat-completions server (tests/llm/fake_openai.py) for the test; a request
+    it refused fails the test unless the test said it sends invalid ones."""
+    server = StrictOpenAI().start()
     yield server
     server.stop()
+    if not server.violations_expected:
+        assert server.violations == [], f"requests OpenAI's API would refuse: {server.violations}"
+
+
+@pytest.fixture
+def fake_openai():
+    yield from _strict_server()
 
 
 @pytest.fixture
 def second_openai():
-    server = FakeOpenAI().start()
-    yield server
-    server.stop()
+    yield from _strict_server()
 
 
 @pytest.fixture

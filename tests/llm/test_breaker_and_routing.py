@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from agents.llm.base import STEP_PLAN, STEP_SUMMARY, STEP_TOOL, AllRoutesDown, ModelRequest
+from agents.llm.base import (
+    STEP_PLAN,
+    STEP_SUMMARY,
+    STEP_TOOL,
+    AllRoutesDown,
+    InvalidModelOutput,
+    ModelRequest,
+    ModelRequestRejected,
+)
 from agents.llm.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from agents.llm.openai_compat import RouteUnavailable
 from agents.llm.router import RoutedClient
@@ -126,6 +134,32 @@ def test_fallback_on_output_that_stays_invalid_counts_all_tokens(fake_openai, se
     assert response.fallbacks[0]["outcome"] == "invalid_output"
     assert (response.prompt_tokens, response.completion_tokens) == (350, 35)
     assert response.cost_usd == pytest.approx(0.35 * 0.5 + 0.035 * 1.5)
+
+
+def test_output_invalid_on_every_route_is_the_models_failure_not_an_outage(
+        fake_openai, second_openai, make_route, make_client):
+    primary, backup = make_route(fake_openai, max_attempts=1), make_route(second_openai)
+    fake_openai.push(status(500))
+    second_openai.default = ok_content("I'd rather chat.", usage=(10, 2))
+    with pytest.raises(InvalidModelOutput, match="no model route gave a valid answer") as caught:
+        routed({STEP_PLAN: [primary, backup]}, make_client).complete(request())
+    assert [r["outcome"] for r in caught.value.reasons] == ["failed", "invalid_output"]
+    assert caught.value.prompt_tokens == 30  # the three answers of the backup still count
+
+
+def test_a_400_ends_the_step_without_trying_the_other_routes(fake_openai, second_openai, make_route,
+                                                             make_client):
+    primary, backup = make_route(fake_openai), make_route(second_openai)
+    refusal = '{"error": {"message": "messages[3]: bad", "type": "invalid_request_error"}}'
+    fake_openai.push(status(400, text=refusal))
+    client = routed({STEP_PLAN: [primary, backup]}, make_client)
+    with pytest.raises(ModelRequestRejected, match=r"HTTP 400: messages\[3\]: bad") as caught:
+        client.complete(request())
+    assert not isinstance(caught.value, AllRoutesDown)
+    assert caught.value.reasons == [
+        {"route": primary.name, "outcome": "rejected", "reason": str(caught.value)}]
+    assert second_openai.count == 0
+    assert client._client(primary).breaker.state() == CLOSED
 
 
 def test_routes_are_chosen_by_step_kind(fake_openai, make_route, make_client):

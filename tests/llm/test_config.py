@@ -55,11 +55,24 @@ def test_environment_overrides_settings_field_by_field(settings, monkeypatch):
     ({"base_url": "http://h/v1", "model": "m", "timeout": 0}, "greater than 0"),
     ({"base_url": "http://h/v1", "model": "m", "tempo": 1}, "unknown field"),
     ({"base_url": "http://h/v1", "model": "m", "api_key_file": "/nonexistent/key"}, "cannot be read"),
+    ({"base_url": "http://h/v1", "model": "m", "tool_calling": "xml"}, r"tool_calling='xml' is not one of"),
 ])
 def test_a_bad_route_fails_loudly_saying_what_is_wrong(settings, spec, message):
     settings.MODEL_ROUTES = {"bad": spec}
     with pytest.raises(ImproperlyConfigured, match=message):
         load_routes()
+
+
+def test_a_route_declares_how_it_calls_tools(settings, monkeypatch):
+    settings.MODEL_ROUTES = {"hosted": {"base_url": "https://api.example.com/v1", "model": "gpt-4o-mini"},
+                             "old": {"base_url": "http://h/v1", "model": "m", "tool_calling": "json"}}
+    monkeypatch.setenv("MODEL_ROUTE_PLAIN_BASE_URL", "http://127.0.0.1:8080/v1")
+    monkeypatch.setenv("MODEL_ROUTE_PLAIN_MODEL", "llama")
+    monkeypatch.setenv("MODEL_ROUTE_PLAIN_TOOL_CALLING", "JSON")
+    routes = load_routes()
+    assert routes["hosted"].tool_calling == "native"  # the default
+    assert routes["old"].tool_calling == "json" and routes["plain"].tool_calling == "json"
+    assert routes["plain"].describe()["tool_calling"] == "json"
 
 
 def test_bad_json_fails_loudly(settings):
