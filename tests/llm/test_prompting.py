@@ -175,3 +175,27 @@ def test_sanitise_output_walks_json_and_redacts_secret_keys():
     assert out == {"message": "mail [EMAIL]", "api_key": "[REDACTED]", "items": [{"run": "[ID]"}],
                    "amount": 40}
 
+
+def test_the_request_in_docs_models_md_is_what_the_builder_sends():
+    from pathlib import Path
+
+    from agents.runtime import SYSTEM_PROMPT
+    from agents.tools import get_tool
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+    section = doc.read_text().split("## The request the runtime sends", 1)[1]
+    sent = json.loads(section.split("```json\n", 1)[1].split("\n```", 1)[0])
+    messages = sent["messages"]
+    observations = []
+    for call, answer in zip(messages[2::2], messages[3::2], strict=True):
+        function = call["tool_calls"][0]["function"]
+        result = json.loads(answer["content"].splitlines()[1])["result"]
+        observations.append({"seq": int(call["tool_calls"][0]["id"][4:]), "tool": function["name"],
+                             "arguments": json.loads(function["arguments"]), "ok": True, "result": result})
+    user_message = messages[1]["content"].splitlines()[1]
+    # The ids in the doc are HMACs under the test settings' SECRET_KEY, so the bytes match.
+    assert build_messages(instructions=SYSTEM_PROMPT.format(tenant="acme"), user_message=user_message,
+                          observations=observations) == messages
+    assert sent["tools"] == tool_definitions(
+        [get_tool("lookup_subscription").spec(), get_tool("search_tickets").spec()])
+    assert (sent["tool_choice"], sent["parallel_tool_calls"], sent["stream"]) == ("auto", False, False)
