@@ -210,6 +210,28 @@ def runtime(seeded):
     return seeded
 
 
+def refunds_of_distinct_duplicates(tenant, n: int) -> list[str]:
+    """``n`` refund requests, each for another customer of ``tenant`` given a duplicate March
+    charge of their own (a charge can be credited once, so many credits need many charges)."""
+    from agents.models import Subscription
+
+    subscriptions = Subscription.objects.filter(tenant=tenant).select_related("customer")
+    messages = []
+    for sub in subscriptions.order_by("customer__code")[:n]:
+        ref = f"dup_{sub.customer.code}_3"
+        if not any(c.get("ref") == ref for c in sub.charges):
+            march = [c for c in sub.charges if c["date"].startswith("2026-03")]
+            if len(march) < 2:
+                sub.charges = [*sub.charges, {"date": "2026-03-15", "amount_cents": sub.monthly_price_cents,
+                                              "ref": ref}]
+                sub.save(update_fields=["charges"])
+        # $10 each: under the dual-control threshold whatever the plan's price
+        code = sub.customer.code
+        messages.append(f"Customer {code} was billed twice in March, please refund $10 of the duplicate")
+    assert len(messages) == n, f"only {len(messages)} customers in {tenant}"
+    return messages
+
+
 @pytest.fixture
 def start_run(runtime):
     """``start_run(message, actor=svc-acme, tenant="acme", **kw)`` creates a run (not enqueued)."""

@@ -12,6 +12,7 @@ from agents.services import run_start, switch_engage, switch_release
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from audit.models import AuditEvent
+from tests.conftest import refunds_of_distinct_duplicates
 from tests.switches.conftest import QUESTION, REFUND, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -81,7 +82,9 @@ def test_no_credit_is_written_after_the_flip_commits_with_runs_in_flight_on_two_
 ):
     workers = [start_worker(concurrency=2), start_worker(concurrency=2)]
     n = 16
-    runs = [_start(svc_acme, REFUND) for _ in range(n)]
+    # one credit per charge: sixteen credits need sixteen duplicate charges
+    messages = refunds_of_distinct_duplicates(runtime["tenants"]["acme"], n)
+    runs = [_start(svc_acme, message) for message in messages]
     wait_for(
         lambda: AgentRun.objects.filter(status=RunStatus.WAITING_APPROVAL).count() == n,
         workers=workers,
