@@ -44,6 +44,10 @@ def test_run_detail_shows_the_trace_timeline_progress_and_collapsed_prompts(star
     assert 'data-approval-wait="pending"' in page
     assert f"Step {run.steps_used} of {run.max_steps}" in page
     assert '<details class="raw"><summary>raw prompt' in page  # collapsed
+    # replayed tool calls read as calls with their ids, their results carry the same id
+    call_id = f"call{run.state['observations'][0]['seq']:05d}"
+    assert f"call {call_id}: lookup_subscription(" in page and f"[tool {call_id}]" in page
+    assert "] None" not in page
     assert 'hx-trigger="every' in page  # live while active
     live = client.get(f"/runs/{run.public_id}/", HTTP_HX_REQUEST="true").content.decode()
     assert "<html" not in live and 'id="run-live"' in live
