@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,8 +152,9 @@ DEFAULT_RULES: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ActionContext:
-    """Everything a rule may look at. ``facts`` are computed by the runtime from the
-    database (e.g. ``customer_scope``: own_tenant / other_tenant / unknown)."""
+    """Everything a rule may look at. ``facts`` come from the database, never from the
+    model: what the registered fact providers say about the action (``action_facts``; e.g.
+    the support toolkit's ``customer_scope``: own_tenant / other_tenant / unknown)."""
 
     tool: str
     tier: str
@@ -161,6 +163,27 @@ class ActionContext:
     intent: str
     facts: dict[str, Any] = field(default_factory=dict)
     forced_approval: tuple[str, ...] = ()  # reasons of engaged approval switches
+
+
+# The systems the tools act on know facts the runtime does not (whose customer a code
+# names). A provider takes (tenant id, arguments) and returns the facts it knows, {} when
+# the action is none of its business; apps register theirs when they load (support.apps).
+FactProvider = Callable[[Any, dict[str, Any]], dict[str, Any]]
+FACT_PROVIDERS: list[FactProvider] = []
+
+
+def register_fact_provider(provider: FactProvider) -> None:
+    """Add ``provider`` to the facts every decision sees (once, however often called)."""
+    if provider not in FACT_PROVIDERS:
+        FACT_PROVIDERS.append(provider)
+
+
+def action_facts(*, tenant_id: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The facts of one proposed action in tenant ``tenant_id``, from every provider."""
+    facts: dict[str, Any] = {}
+    for provider in FACT_PROVIDERS:
+        facts.update(provider(tenant_id, arguments))
+    return facts
 
 
 @dataclass(frozen=True)

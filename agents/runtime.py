@@ -64,7 +64,6 @@ from agents.llm.base import (
 )
 from agents.models import (
     AgentRun,
-    Customer,
     FailureClass,
     InvocationState,
     RunStatus,
@@ -889,19 +888,9 @@ def _model_failed(
 
 
 def _facts(run: AgentRun, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Facts for policy rules, from the database (never from the model)."""
-    facts: dict[str, Any] = {}
-    code = arguments.get("customer")
-    if isinstance(code, str):
-        # a set: no ordering (the model's would join the tenant table to sort)
-        owners = set(Customer.objects.filter(code=code).order_by().values_list("tenant_id", flat=True))
-        if run.tenant_id in owners:
-            facts["customer_scope"] = "own_tenant"
-        elif owners:
-            facts["customer_scope"] = "other_tenant"
-        else:
-            facts["customer_scope"] = "unknown"
-    return facts
+    """Facts for policy rules, from the database (never from the model): what the fact
+    providers the toolkits registered say (the support toolkit's ``customer_scope``)."""
+    return policy.action_facts(tenant_id=run.tenant_id, arguments=arguments)
 
 
 def _observe(

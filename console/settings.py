@@ -187,6 +187,7 @@ INSTALLED_APPS = [
     "audit",
     "agents",
     "agents.knowledge",
+    "support",  # the support toolkit: the demo customer system, above the runtime
     "approvals",
 ]
 

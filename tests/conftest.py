@@ -204,16 +204,19 @@ def token_client():
 
 @pytest.fixture
 def runtime(seeded):
-    from agents.seed import seed_support_data
+    """The support toolkit's demo data, the support agent and the default policy."""
+    from agents.seed import seed_runtime
+    from support.seed import seed_support_data
 
     seed_support_data(tenants=seeded["tenants"])
+    seed_runtime()
     return seeded
 
 
 def refunds_of_distinct_duplicates(tenant, n: int) -> list[str]:
     """``n`` refund requests, each for another customer of ``tenant`` given a duplicate March
     charge of their own (a charge can be credited once, so many credits need many charges)."""
-    from agents.models import Subscription
+    from support.models import Subscription
 
     subscriptions = Subscription.objects.filter(tenant=tenant).select_related("customer")
     messages = []

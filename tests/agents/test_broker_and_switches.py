@@ -13,7 +13,6 @@ from agents import broker
 from agents.credentials import CredentialError, credential_issue, credential_verify
 from agents.models import (
     AgentRun,
-    CreditLedger,
     InvocationState,
     KillSwitch,
     Policy,
@@ -32,6 +31,7 @@ from agents.tools import get_tool
 from approvals.services import approval_decide
 from audit.models import AuditEvent
 from console.errors import Conflict, InvalidInput
+from support.models import AccountChange, CreditLedger, Customer
 from tests.agents.conftest import REFUND
 
 pytestmark = pytest.mark.django_db
@@ -284,7 +284,6 @@ def test_every_write_to_our_own_tables_rechecks_switches_in_its_transaction(
     """Engaged after the broker's pre-execution check: the tool's in-transaction re-read
     still refuses, for the credit ledger and for account status changes alike."""
     from agents import runtime as rt
-    from agents.models import AccountChange, Customer
 
     run = step(start_run(message))
     assert run.status == RunStatus.WAITING_APPROVAL, run.terminal_reason
@@ -359,8 +358,6 @@ def test_run_status_check_constraint(start_run):
 
 
 def test_credit_idempotency_key_is_unique(runtime, acme):
-    from agents.models import Customer
-
     customer = Customer.objects.get(tenant=acme, code="C-1001")
     CreditLedger.objects.create(
         tenant=acme, customer=customer, amount_cents=1, reason="x", idempotency_key="k"

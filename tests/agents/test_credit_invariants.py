@@ -1,4 +1,4 @@
-"""Credit invariants live in ``apply_credit`` itself (agents/tools/credits.py), so every caller
+"""Credit invariants live in ``apply_credit`` itself (support/credits.py), so every caller
 meets them: the broker executing an approved call, a model-driven agent proposing one, and a
 reviewer editing one. Each refusal is a typed error, and nothing is written."""
 
@@ -11,21 +11,14 @@ from django.db import connection
 
 from agents import broker
 from agents.llm.base import ModelResponse
-from agents.models import (
-    Agent,
-    CreditedCharge,
-    CreditLedger,
-    InvocationState,
-    RunStatus,
-    Subscription,
-    ToolInvocation,
-)
+from agents.models import Agent, InvocationState, RunStatus, ToolInvocation
 from agents.tools import get_tool
-from agents.tools.credits import credit_evidence
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from audit.models import AuditEvent
 from console.errors import InvalidInput
+from support.credits import credit_evidence
+from support.models import CreditedCharge, CreditLedger, Subscription
 from tests.agents.conftest import REFUND
 
 pytestmark = pytest.mark.django_db

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from agents.models import AgentRun, CreditLedger, InvocationState, RunStatus, ToolInvocation
+from agents.models import AgentRun, InvocationState, RunStatus, ToolInvocation
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from audit.models import AuditEvent
+from support.models import CreditLedger
 from tests.agents.conftest import REFUND
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

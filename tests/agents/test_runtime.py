@@ -8,20 +8,11 @@ from decimal import Decimal
 import pytest
 
 from agents.llm.base import ModelResponse
-from agents.models import (
-    Agent,
-    CreditLedger,
-    InvocationState,
-    RunStatus,
-    Step,
-    Subscription,
-    TenantBudget,
-    Ticket,
-    ToolInvocation,
-)
+from agents.models import Agent, InvocationState, RunStatus, Step, TenantBudget, ToolInvocation
 from approvals.services import approval_decide
 from audit.models import AuditEvent
 from console.errors import Conflict, InvalidInput, PermissionDenied
+from support.models import CreditLedger, Customer, Subscription, Ticket
 from tests.agents.conftest import REFUND
 
 pytestmark = pytest.mark.django_db
@@ -238,8 +229,6 @@ class GullibleModel:
 
 @pytest.fixture
 def injected_ticket(runtime, acme):
-    from agents.models import Customer
-
     return Ticket.objects.create(
         tenant=acme,
         customer=Customer.objects.get(tenant=acme, code="C-1001"),

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from agents.models import CreditLedger, ReplyDraft, RunStatus, ToolInvocation
+from agents.models import RunStatus, ToolInvocation
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
+from support.models import CreditLedger, ReplyDraft
 from tests.agents.conftest import REFUND
 
 pytestmark = pytest.mark.django_db

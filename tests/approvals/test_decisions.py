@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group
 
-from agents.models import AgentRun, CreditLedger, RunStatus
+from agents.models import AgentRun, RunStatus
 from approvals.models import ApprovalDecision, ApprovalStatus
 from approvals.services import approval_decide
 from audit.models import AuditEvent
 from console.errors import Conflict, InvalidInput, PermissionDenied
+from support.models import CreditLedger
 from tests.approvals.conftest import CREDIT_150
 
 pytestmark = pytest.mark.django_db

@@ -9,8 +9,9 @@ import re
 import pytest
 from django.test import Client
 
-from agents.models import CreditLedger, RunStatus
+from agents.models import RunStatus
 from approvals.models import Handoff
+from support.models import CreditLedger
 from tests.agents.conftest import REFUND
 from tests.agents.test_e2e import status_of, wait_for
 

@@ -21,11 +21,12 @@ from django.utils import timezone
 from agents import broker, policy
 from agents import runtime as rt
 from agents.llm.base import ModelResponse
-from agents.models import Agent, CreditLedger, Customer, ToolInvocation
+from agents.models import Agent, ToolInvocation
 from agents.tools import REGISTRY, get_tool
 from approvals.models import ApprovalStatus
 from approvals.services import approval_decide, approval_request_create
 from console.templatetags.console_extras import cents, readable_date
+from support.models import CreditLedger, Customer
 
 pytestmark = pytest.mark.django_db
 HX = {"HTTP_HX_REQUEST": "true"}

@@ -10,10 +10,11 @@ from django.core import mail
 from django.db import connection
 from django.utils import timezone
 
-from agents.models import AgentRun, CreditLedger, InvocationState, RunStatus, ToolInvocation
+from agents.models import AgentRun, InvocationState, RunStatus, ToolInvocation
 from approvals.models import ApprovalRequest, ApprovalStatus, Handoff, HandoffSource
 from approvals.services import approval_escalate, approval_expire, approval_flag, approval_sla_sweep
 from audit.models import AuditEvent
+from support.models import CreditLedger
 
 pytestmark = pytest.mark.django_db
 

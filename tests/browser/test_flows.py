@@ -9,8 +9,9 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from agents.models import AgentRun, CreditLedger, RunStatus
+from agents.models import AgentRun, RunStatus
 from approvals.models import ApprovalRequest
+from support.models import CreditLedger
 from tests.agents.conftest import REFUND
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

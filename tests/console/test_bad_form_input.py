@@ -36,7 +36,8 @@ FORMS = [
 
 @pytest.mark.parametrize("persona", ["admin", "operator", "lead", "auditor", "outsider"])
 def test_garbage_in_console_forms_never_gets_a_500_and_changes_nothing(seeded, login, persona):
-    from agents.seed import seed_runtime, seed_support_data
+    from agents.seed import seed_runtime
+    from support.seed import seed_support_data
 
     seed_support_data(tenants=seeded["tenants"])
     seed_runtime()

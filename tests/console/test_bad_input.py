@@ -35,7 +35,8 @@ ENDPOINTS = [
 
 @pytest.mark.parametrize("persona", ["admin", "operator", "svc-acme"])
 def test_garbage_never_gets_a_500(seeded, token_client, persona):
-    from agents.seed import seed_runtime, seed_support_data
+    from agents.seed import seed_runtime
+    from support.seed import seed_support_data
 
     seed_support_data(tenants=seeded["tenants"])
     seed_runtime()

@@ -14,11 +14,12 @@ import pytest
 
 from agents import runtime as rt
 from agents.llm.openai_compat import breaker_for
-from agents.models import Agent, CreditLedger, ReplyDraft, RunStatus, Step
+from agents.models import Agent, RunStatus, Step
 from agents.runtime import run_execute
 from agents.services import run_start
 from approvals.models import Handoff
 from audit.models import AuditEvent
+from support.models import CreditLedger, ReplyDraft
 from tests.llm.fake_openai import ok_content, ok_final, ok_tool, ollama_tool, status, tool_calls
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def support_agent(seeded, acme):
-    from agents.seed import seed_runtime, seed_support_data
+    from agents.seed import seed_runtime
+    from support.seed import seed_support_data
 
     seed_support_data(tenants={"acme": acme})
     seed_runtime()
@@ -217,7 +219,7 @@ def test_a_refused_call_comes_back_as_a_tool_result_carrying_the_error(support_a
 
 
 def test_a_denied_call_is_answered_in_the_closing_turn(support_agent, routes, operator, globex):
-    from agents.seed import seed_support_data
+    from support.seed import seed_support_data
 
     seed_support_data(tenants={"globex": globex})
     primary, _ = routes

@@ -10,11 +10,12 @@ from django.test import override_settings
 from django.utils import timezone
 
 from agents import switches as switch_state
-from agents.models import CreditLedger, KillSwitch, RunStatus, ToolInvocation
+from agents.models import KillSwitch, RunStatus, ToolInvocation
 from agents.services import switch_engage, switch_expire_due, switch_release, switch_set
 from approvals.services import approval_decide
 from audit.models import AuditEvent
 from console.errors import Conflict, InvalidInput
+from support.models import CreditLedger
 from tests.switches.conftest import QUESTION, REFUND
 
 pytestmark = pytest.mark.django_db

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
-from agents.models import AgentRun, CreditLedger, InvocationState, KillSwitch, RunStatus, ToolInvocation
+from agents.models import AgentRun, InvocationState, KillSwitch, RunStatus, ToolInvocation
 from agents.services import run_start, switch_engage, switch_release
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from audit.models import AuditEvent
+from support.models import CreditLedger
 from tests.conftest import refunds_of_distinct_duplicates
 from tests.switches.conftest import QUESTION, REFUND, wait_for
 

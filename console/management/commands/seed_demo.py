@@ -2,10 +2,11 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from agents.knowledge.seed import seed_knowledge
-from agents.seed import seed_support_data
+from agents.seed import seed_runtime
 from approvals.seed import seed_queues
 from audit.services import Actor, audit_record
 from console.seed import PERSONAS, SERVICE_ACCOUNTS, demo_password, seed_identity
+from support.seed import seed_support_data
 
 
 class Command(BaseCommand):
@@ -16,6 +17,7 @@ class Command(BaseCommand):
             created, tenants, users = seed_identity()
             created += seed_queues(users=users)
             created += seed_support_data(tenants=tenants)
+            created += seed_runtime()
             created += seed_knowledge(tenants=tenants)
             if created:
                 audit_record(actor=Actor.system("seed_demo"), action="demo.seeded",

@@ -1,4 +1,5 @@
-"""The support toolkit, backed by tenant-scoped tables.
+"""The support toolkit's tools, backed by its tenant-scoped tables (support.models).
+Importing this module registers them (``support.apps`` does, when the app loads).
 
 Every tool verifies its credential first and takes the tenant from the verified claims:
 the tenant filter is in the query, whatever the arguments say. A customer code of another
@@ -15,7 +16,16 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from agents.models import (
+from agents.services import switches_active_for
+from agents.tools.registry import ToolContext, ToolError, register
+from audit.services import Actor, audit_record
+from support.credits import (
+    credit_evidence,
+    credit_history,
+    credited_charges,
+    duplicate_groups,
+)
+from support.models import (
     AccountChange,
     CreditedCharge,
     CreditLedger,
@@ -25,14 +35,6 @@ from agents.models import (
     Subscription,
     Ticket,
 )
-from agents.tools.credits import (
-    credit_evidence,
-    credit_history,
-    credited_charges,
-    duplicate_groups,
-)
-from agents.tools.registry import ToolContext, ToolError, register
-from audit.services import Actor, audit_record
 
 CUSTOMER = {"type": "string", "pattern": "^[A-Z]-[0-9]{4}$", "description": "Customer code, e.g. C-1001"}
 TICKET_BODY_LIMIT = 500
@@ -211,8 +213,6 @@ def _refuse_if_switched(tool: str) -> None:
     """Strict kill-switch check for tools that write the product's own tables: called inside
     the write's transaction, under the switch lock a flip also takes, so a flip that
     committed first always wins (see agents.services.switches_active_for)."""
-    from agents.services import switches_active_for
-
     blocking = [s for s in switches_active_for(tool=tool, strict=True) if s.scope in ("global", "tool")]
     if blocking:
         raise ToolError(

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from agents.models import CreditedCharge, CreditLedger, Customer, Subscription, Ticket
+from support.models import CreditedCharge, CreditLedger, Customer, Subscription, Ticket
 
 HISTORY_DAYS = 90
 
