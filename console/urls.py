@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpRequest
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 
 from console import views, views_tokens
 from console.api import api, error_response
@@ -14,6 +16,8 @@ def api_not_found(request: HttpRequest, rest: str = ""):
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    # browsers ask for /favicon.ico on pages without a <link rel=icon> (the API docs)
+    path("favicon.ico", RedirectView.as_view(url=static("console/favicon.svg"), permanent=True)),
     path("switches/", views.switches_page, name="switches"),
     path("switches/<str:scope>/<str:target>/confirm/", views.switch_confirm, name="switch_confirm"),
     path("switches/<str:scope>/<str:target>/flip/", views.switch_flip, name="switch_flip"),
