@@ -169,6 +169,7 @@ def switch_confirm(request: HttpRequest, scope: str, target: str) -> HttpRespons
         "engaging": not engaged,
         "row": row,
         "radius": blast_radius(scope=scope, target=target) if not engaged else None,
+        "embedded": bool(request.htmx),
     }
     template = "console/switch_confirm.html#confirm" if request.htmx else "console/switch_confirm.html"
     return render(request, template, context)
@@ -216,6 +217,7 @@ def switch_flip(request: HttpRequest, scope: str, target: str) -> HttpResponse:
             "error": error,
             "reason": reason,
             "expires_in_minutes": minutes,
+            "embedded": bool(request.htmx),
         }
         if request.htmx:  # htmx swaps 200s only: the form comes back with the message
             response = render(request, "console/switch_confirm.html#confirm", context)
