@@ -47,7 +47,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agents import broker, hotsql, policy
+from agents import approval_subject, broker, hotsql, policy
 from agents import switches as switch_state
 from agents.llm.base import (
     ACTION_SCHEMA,
@@ -76,6 +76,8 @@ from agents.planner import ScriptedSupportPlanner
 from agents.prompting import build_messages
 from agents.services import spend_reserve, spend_settle, switches_active_for
 from agents.tools import get_tool
+from approvals.models import ApprovalStatus
+from approvals.services import QueueFull
 from audit.redaction import redact
 from audit.services import Actor, audit_fields, audit_record, audit_write
 from console.tracing import trace_context
@@ -529,9 +531,10 @@ def _finish(
             failure_class=failure_class,
             output={"reason": reason},
         )
-    from approvals.services import handoff_extra  # handed-off runs get a Handoff row in this commit
-
-    extra = handoff_extra(extra, run=run, status=status, reason=reason, result=result, handoff=handoff)
+    # handed-off runs get a Handoff row in this commit
+    extra = approval_subject.handoff_extra(
+        extra, run=run, status=status, reason=reason, result=result, handoff=handoff
+    )
     _commit(
         run,
         lease,
@@ -1018,7 +1021,7 @@ def _act(
     if invocation is not None and (
         invocation.state
         in (InvocationState.AWAITING_APPROVAL, InvocationState.APPROVED, InvocationState.REJECTED)
-        or invocation.approval_requests.exists()
+        or approval_subject.call_requests(run, invocation).exists()
     ):
         return _resume_after_approval(run, lease, pending, tool, invocation, began)
     if blocking:
@@ -1190,14 +1193,12 @@ def _refused(run, lease, pending, tool, decision, switch, began) -> str:
 
 def _park(run, lease, pending, tool, decision, began, invocation) -> str:
     """require_approval: create the request a reviewer needs and release the worker."""
-    from approvals.services import QueueFull, approval_request_create
-
     invocation = invocation or _propose(run, pending, tool, decision, state=InvocationState.AWAITING_APPROVAL)
     created: dict[str, Any] = {}
 
     def create_request(step_row):
         broker.invocation_await_approval(invocation, decision)
-        created["request"] = approval_request_create(
+        created["request"] = approval_subject.request_approval(
             run=run,
             invocation=invocation,
             decision=decision,
@@ -1255,9 +1256,7 @@ def _park(run, lease, pending, tool, decision, began, invocation) -> str:
 
 
 def _resume_after_approval(run, lease, pending, tool, invocation, began) -> str | None:
-    from approvals.models import ApprovalRequest, ApprovalStatus
-
-    request = ApprovalRequest.objects.filter(invocation=invocation).order_by("-created_at").first()
+    request = approval_subject.call_requests(run, invocation).order_by("-created_at").first()
     if request is None or request.status == ApprovalStatus.PENDING:
         # Resumed while still pending (a stray message): park again without a new request.
         _commit(run, lease, began=began, status=RunStatus.WAITING_APPROVAL, release=True)

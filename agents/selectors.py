@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.approval_subject import requests_of
 from agents.models import AgentRun, RunStatus, Step
+from approvals.models import ApprovalStatus
 
 
 def run_summary(run: AgentRun) -> dict[str, Any]:
     """The public shape of a run (GET /api/v1/runs/{id})."""
-    from approvals.models import ApprovalRequest, ApprovalStatus
-
     pending = None
     if run.status == RunStatus.WAITING_APPROVAL:
         request = (
-            ApprovalRequest.objects.filter(run=run, status=ApprovalStatus.PENDING)
+            requests_of(run)
+            .filter(status=ApprovalStatus.PENDING)
             .select_related("queue")
             .order_by("-created_at")
             .first()

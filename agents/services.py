@@ -22,6 +22,7 @@ from django.db.models.functions import Least
 from django.utils import timezone
 
 from agents import hotsql
+from agents.approval_subject import run_subject
 from agents.models import (
     ACTIVE_RUN_STATUSES,
     Agent,
@@ -34,6 +35,7 @@ from agents.models import (
     TenantSpend,
     Tier,
 )
+from approvals.services import approval_requests_cancel
 from audit.services import Actor, audit_record
 from console.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from console.models import Tenant, TenantMembership
@@ -581,16 +583,14 @@ _CANCELLABLE = [s.value for s in ACTIVE_RUN_STATUSES]
 def run_cancel(*, actor: Any, run: AgentRun, reason: str = "") -> AgentRun:
     """Cancel a run that has not ended. A worker mid-step stops at its next commit (its
     lease-fenced write fails); a parked run's pending approval requests are cancelled in
-    the same transaction (``approvals.services.approval_requests_cancel_for_run``, audited
-    one by one)."""
-    from approvals.services import approval_requests_cancel_for_run
-
+    the same transaction (``approvals.services.approval_requests_cancel``, audited one by
+    one; the calls they held are refused through ``agents.approval_handler``)."""
     reason = (reason or "").strip() or "cancelled on request"
     with transaction.atomic():
         # Requests before the run: a decision (and the SLA expiry) locks its request row
         # and then moves the run, so taking the locks in the same order cannot deadlock.
         # A run that already ended rolls the cancellations back with the Conflict.
-        cancelled = approval_requests_cancel_for_run(run=run, actor=actor, reason=reason)
+        cancelled = approval_requests_cancel(subject=run_subject(run), actor=actor, reason=reason)
         updated = AgentRun.objects.filter(pk=run.pk, status__in=_CANCELLABLE).update(
             status=RunStatus.CANCELLED,
             terminal_reason=f"Cancelled by {Actor.of(actor).label}: {reason}",

@@ -238,6 +238,7 @@ def paused(agent_slug: str, rows: list[KillSwitch] | None = None) -> KillSwitch 
 def blast_radius(*, scope: str, target: str, window: timedelta = timedelta(hours=1)) -> dict[str, Any]:
     """What engaging ``scope:target`` would affect right now: active runs, parked approvals
     and the recent volume of that tool or intent (``window``)."""
+    from agents.approval_subject import requests_of_runs
     from agents.models import Agent, AgentRun, RunStatus, Tier, ToolInvocation
     from approvals.models import ApprovalRequest, ApprovalStatus
 
@@ -258,10 +259,12 @@ def blast_radius(*, scope: str, target: str, window: timedelta = timedelta(hours
         calls = recent_calls.filter(tier=target) if is_tier else recent_calls.filter(tool=target)
         volume, volume_label = calls.count(), f"{target} calls"
     elif scope == SwitchScope.INTENT:
-        active, parked = active.filter(intent=target), parked.filter(run__intent=target)
+        active = active.filter(intent=target)
+        parked = requests_of_runs(parked, AgentRun.objects.filter(intent=target))
         volume, volume_label = recent_runs.filter(intent=target).count(), f"{target} runs started"
     elif scope == SwitchScope.AGENT:
-        active, parked = active.filter(agent__slug=target), parked.filter(run__agent__slug=target)
+        active = active.filter(agent__slug=target)
+        parked = requests_of_runs(parked, AgentRun.objects.filter(agent__slug=target))
         volume, volume_label = recent_runs.filter(agent__slug=target).count(), f"{target} runs started"
     elif scope == SwitchScope.MEMORY:
         active, parked = active.none(), parked.none()

@@ -24,7 +24,7 @@ def request_for_viewer(*, user, request_id: str) -> ApprovalRequest:
     pk = _uuid(request_id, "approval request")
     request = (
         ApprovalRequest.objects.select_related(
-            "queue", "run", "tenant", "claimed_by", "escalated_from", "edited_by"
+            "queue", "tenant", "claimed_by", "escalated_from", "edited_by"
         )
         .filter(pk=pk)
         .first()
@@ -51,7 +51,7 @@ def handoffs_visible_to(user):
 
 def handoff_for_person(*, user, handoff_id: str) -> Handoff:
     pk = _uuid(handoff_id, "handoff")
-    handoff = handoffs_visible_to(user).select_related("run", "taken_by", "tenant").filter(pk=pk).first()
+    handoff = handoffs_visible_to(user).select_related("taken_by", "tenant").filter(pk=pk).first()
     if handoff is None:
         raise NotFound(f"No handoff {handoff_id} that you may see.")
     return handoff

@@ -11,7 +11,6 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Query, Router, Schema
 
-from agents.tools import get_tool
 from approvals.access import request_for_viewer
 from approvals.models import ApprovalRequest, DecisionKind
 from approvals.schemas import ApprovalDetailOut, ApprovalOut, ApprovalPageOut, DecisionIn
@@ -21,9 +20,12 @@ from approvals.selectors import (
     parse_filters,
     request_decisions,
     request_list,
+    request_review,
+    request_trace_url,
     sla_state,
 )
 from approvals.services import approval_claim, approval_decide, approval_release
+from approvals.subjects import HANDLERS
 from console.errors import InvalidInput
 
 router = Router(tags=["approvals"])
@@ -44,7 +46,7 @@ def _out(request: ApprovalRequest, *, now=None, approvals: int | None = None) ->
         "edited": request.edited,
         "approvals_required": request.approvals_required,
         "approvals": approvals,
-        "run_id": str(request.run.public_id),
+        **_subject(request),
         "decided_at": request.decided_at.isoformat() if request.decided_at else None,
         "risk_tier": request.risk_tier,
         "amount_cents": request.amount_cents,
@@ -67,13 +69,12 @@ def _out(request: ApprovalRequest, *, now=None, approvals: int | None = None) ->
     }
 
 
-def _review(request: ApprovalRequest) -> dict | None:
-    """The tool's review hook on the arguments under review, read now (as the item view
-    shows it); None for a tool without one."""
-    tool = get_tool(request.tool)
-    if tool is None or tool.review is None:
-        return None
-    return tool.review(request.tenant_id, request.approved_arguments or request.arguments)
+def _subject(request: ApprovalRequest) -> dict[str, str]:
+    """The request's subject, and its id under the name the API gives it (``run_id`` for a
+    run: the subject handler's noun)."""
+    handler = HANDLERS.get(request.subject_kind)
+    named = {f"{handler.noun}_id": request.subject_id} if handler else {}
+    return {"subject_kind": request.subject_kind, "subject_id": request.subject_id, **named}
 
 
 def _detail(request: ApprovalRequest) -> dict:
@@ -93,9 +94,9 @@ def _detail(request: ApprovalRequest) -> dict:
             "reason": request.policy_reason,
         },
         trace_id=request.trace_id,
-        trace_url=f"/api/v1/runs/{request.run.public_id}/trace",
+        trace_url=request_trace_url(request),
         decision_reason=request.decision_reason,
-        review=_review(request),
+        review=request_review(request),
         decisions=[
             {
                 "reviewer": d.reviewer.username,
@@ -127,7 +128,7 @@ def list_approvals(request: HttpRequest, query: Query[ListQuery]):
     if not 1 <= query.limit <= 200:
         raise InvalidInput("limit must be between 1 and 200.")
     filters = parse_filters(query.dict())
-    qs = request_list(request.auth, filters).select_related("run", "escalated_from")
+    qs = request_list(request.auth, filters).select_related("escalated_from")
     if query.cursor:
         qs = after_cursor(qs, query.cursor)
     rows = list(qs[: query.limit + 1])

@@ -9,6 +9,8 @@ import pgtrigger
 from django.conf import settings
 from django.db import models
 
+from approvals.subjects import subject_label
+
 
 class ReviewQueue(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -33,6 +35,12 @@ class ReviewQueue(models.Model):
         return self.name
 
 
+class SubjectQuerySet(models.QuerySet):
+    def of_subject(self, subject) -> SubjectQuerySet:
+        """The rows about ``subject`` (an ``approvals.subjects.Subject``: its kind and id)."""
+        return self.filter(subject_kind=subject.kind, subject_id=subject.id)
+
+
 class ApprovalStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     APPROVED = "approved", "Approved"
@@ -48,17 +56,20 @@ class ApprovalRequest(models.Model):
     """What a reviewer needs to decide on one proposed action.
 
     Transitions leave ``pending`` only through conditional UPDATEs (approvals.services);
-    on PostgreSQL a trigger also refuses changing a final status. One pending request per
-    proposed action (tool invocation) is a named constraint.
+    on PostgreSQL a trigger also refuses changing a final status. It is about a subject
+    (``subject_kind``, ``subject_id``: ``agent_run`` and the run's public id) and holds one
+    proposed action of it (``action_id``: the run's tool call); one pending request per
+    action is a named constraint. The subject's handler (approvals.subjects) acts on it.
     """
+
+    objects = SubjectQuerySet.as_manager()
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("console.Tenant", on_delete=models.PROTECT, related_name="+")
     queue = models.ForeignKey(ReviewQueue, on_delete=models.PROTECT, related_name="requests")
-    run = models.ForeignKey("agents.AgentRun", on_delete=models.PROTECT,
-                            related_name="approval_requests")
-    invocation = models.ForeignKey("agents.ToolInvocation", on_delete=models.PROTECT,
-                                   related_name="approval_requests")
+    subject_kind = models.CharField(max_length=32)
+    subject_id = models.CharField(max_length=64)
+    action_id = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=16, choices=ApprovalStatus.choices,
                               default=ApprovalStatus.PENDING)
     approvals_required = models.PositiveSmallIntegerField(default=1)
@@ -109,7 +120,7 @@ class ApprovalRequest(models.Model):
                                    name="approval_status_valid"),
             models.CheckConstraint(condition=models.Q(approvals_required__in=[1, 2]),
                                    name="approval_required_one_or_two"),
-            models.UniqueConstraint(fields=["invocation"],
+            models.UniqueConstraint(fields=["subject_kind", "subject_id", "action_id"],
                                     condition=models.Q(status="pending"),
                                     name="uniq_pending_request_per_action"),
         ]
@@ -123,8 +134,9 @@ class ApprovalRequest(models.Model):
             models.Index(fields=["status", "near_due_at"], name="approval_status_near_due"),
             # serves: the metrics (decided requests of a queue in a time window)
             models.Index(fields=["queue", "decided_at"], name="approval_queue_decided"),
-            # serves: the requests of one run (run detail, resume)
-            models.Index(fields=["run", "status"], name="approval_run_status"),
+            # serves: the requests of one subject, pending or all (run detail and summary,
+            # cancel, resume: a run's request for its call, a run's few rows filtered)
+            models.Index(fields=["subject_kind", "subject_id", "status"], name="approval_subject_status"),
         ]
         triggers = [
             pgtrigger.Protect(
@@ -186,12 +198,16 @@ class HandoffSource(models.TextChoices):
 
 
 class Handoff(models.Model):
-    """A run a person must finish: created in the same transaction as the run's terminal
-    state (agents.runtime._finish). open -> taken -> resolved, by conditional UPDATEs;
-    on PostgreSQL a trigger keeps ``resolved`` final."""
+    """A subject a person must finish (a run that ended handed off): created in the same
+    transaction as the run's terminal state, once per subject. open -> taken -> resolved,
+    by conditional UPDATEs; on PostgreSQL a trigger keeps ``resolved`` final."""
+
+    objects = SubjectQuerySet.as_manager()
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    run = models.OneToOneField("agents.AgentRun", on_delete=models.PROTECT, related_name="handoff")
+    subject_kind = models.CharField(max_length=32)
+    subject_id = models.CharField(max_length=64)
+    trace_id = models.CharField(max_length=32, blank=True)
     tenant = models.ForeignKey("console.Tenant", on_delete=models.PROTECT, related_name="+")
     source = models.CharField(max_length=16, choices=HandoffSource.choices)
     reason = models.TextField()
@@ -215,6 +231,8 @@ class Handoff(models.Model):
                                    name="handoff_source_valid"),
             models.CheckConstraint(condition=~models.Q(status="resolved") | ~models.Q(note=""),
                                    name="handoff_resolved_has_note"),
+            # one handoff per subject; also serves "the handoff of this run"
+            models.UniqueConstraint(fields=["subject_kind", "subject_id"], name="uniq_handoff_per_subject"),
         ]
         indexes = [
             # serves: the handoff page (open/taken first, per tenant, oldest first)
@@ -230,3 +248,8 @@ class Handoff(models.Model):
 
     def __str__(self) -> str:
         return f"handoff {self.id} ({self.status})"
+
+    @property
+    def subject_label(self) -> str:
+        """What the page calls the subject ("run 6f1c...")."""
+        return subject_label(self.subject_kind, self.subject_id)

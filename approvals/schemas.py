@@ -40,7 +40,9 @@ class ApprovalOut(Schema):
     edited: bool
     approvals_required: int
     approvals: int
-    run_id: str
+    subject_kind: str = Field("", description="What the request is about: agent_run.")
+    subject_id: str = Field("", description="Its id: for agent_run, the run's id.")
+    run_id: str | None = Field(None, description="The run's id, for a request about a run.")
     decided_at: str | None
     risk_tier: str = ""
     amount_cents: int | None = None

@@ -22,6 +22,7 @@ from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
 from approvals.models import ApprovalRequest, ApprovalStatus, ReviewQueue
+from approvals.subjects import HANDLERS
 from console.errors import InvalidInput
 from console.models import Tenant
 from console.roles import ADMIN, OPERATOR, has_role
@@ -321,3 +322,25 @@ def metrics_chart(rows: list[dict[str, Any]], *, width: int = 560, bar: int = 14
 
 def request_decisions(request: ApprovalRequest) -> list:
     return list(request.decisions.select_related("reviewer").order_by("created_at"))
+
+
+# What the subject's handler shows a reviewer (approvals.subjects). Reads degrade: a kind
+# no app handles any more shows without them (deciding one fails closed).
+
+
+def request_review(request: ApprovalRequest) -> dict[str, Any] | None:
+    """The check of the arguments under review, read now (for a run: its tool's review
+    hook); None when there is none."""
+    handler = HANDLERS.get(request.subject_kind)
+    return handler.review(request) if handler else None
+
+
+def request_trace(request: ApprovalRequest) -> dict[str, Any] | None:
+    """The subject's trace (``{"steps": [...]}``), None without one."""
+    handler = HANDLERS.get(request.subject_kind)
+    return handler.trace(request) if handler else None
+
+
+def request_trace_url(request: ApprovalRequest) -> str:
+    handler = HANDLERS.get(request.subject_kind)
+    return handler.trace_url(request) if handler else ""

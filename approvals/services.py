@@ -5,14 +5,16 @@
 - ``approval_decide`` enforces decision rights (guardian ``decide_reviewqueue`` on the
   queue), segregation of duties (the requester and the identity the run acts for cannot
   approve; dual control needs two distinct reviewers), a reason to reject, and 409 on a
-  request that is no longer pending. The final decision moves the run back to ``queued``
-  and enqueues its resume on commit.
+  request that is no longer pending. The final decision is handed to the subject's
+  handler in the same transaction (``approvals.subjects``: the runtime moves the run back
+  to ``queued`` and enqueues its resume on commit). This module imports no app above it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +34,7 @@ from approvals.models import (
     HandoffStatus,
     ReviewQueue,
 )
+from approvals.subjects import Proposal, Subject, SubjectHandler, UnknownSubject, handler_for, subject_ref
 from audit.services import Actor, audit_record
 from console.errors import Conflict, InvalidInput, PermissionDenied
 
@@ -50,13 +53,24 @@ class QueueFull(ApprovalUnavailable):
 
 
 def approval_request_create(
-    *, run, invocation, decision, summary: str = "", evidence: list[dict[str, Any]] | None = None
+    *,
+    proposal: Proposal,
+    decision: Any,
+    actor: Any,
+    summary: str = "",
+    evidence: list[dict[str, Any]] | None = None,
 ) -> ApprovalRequest:
-    """Create the pending request for a proposed action, inside the caller's transaction.
+    """Create the pending request for a proposed action, inside the caller's transaction
+    (the runtime's step that parks the run). ``decision`` is the policy's: ``queue``,
+    ``approvals_required``, ``policy_version``, ``rule_id``, ``reason``.
 
-    Raises QueueFull (a subclass of ApprovalUnavailable) when the queue is missing or at
-    capacity: requests do not pile up silently; the run hands off with that reason.
+    Raises UnknownSubject when no handler answers for the proposal's subject kind (nobody
+    could act on the decision), and QueueFull (a subclass of ApprovalUnavailable) when the
+    queue is missing or at capacity: requests do not pile up silently; the run hands off
+    with that reason.
     """
+    subject = proposal.subject
+    ref = subject_ref(subject.kind, subject.id)
     # Lock the queue row: concurrent parks on one queue count and insert one at a time, so
     # the capacity holds exactly (this runs inside the runtime's step transaction).
     queue = ReviewQueue.objects.select_for_update().filter(slug=decision.queue).first()
@@ -71,41 +85,42 @@ def approval_request_create(
             f"Review queue full: {queue.name} holds {pending} pending requests "
             f"(capacity {queue.capacity}); handed off to a human."
         )
-    arguments = invocation.arguments
+    arguments = proposal.arguments
     amount = arguments.get("amount_cents") if isinstance(arguments.get("amount_cents"), int) else None
     now = timezone.now()
     due = now + timedelta(minutes=queue.sla_minutes)
     request = ApprovalRequest.objects.create(
-        tenant_id=run.tenant_id,
+        tenant_id=subject.tenant_id,
         queue=queue,
-        run=run,
-        invocation=invocation,
+        subject_kind=subject.kind,
+        subject_id=subject.id,
+        action_id=proposal.action_id,
         approvals_required=decision.approvals_required or 1,
-        tool=invocation.tool,
+        tool=proposal.tool,
         arguments=arguments,
         amount_cents=amount,
         currency=arguments.get("currency", "USD") if amount is not None else "",
-        risk_tier=invocation.tier,
+        risk_tier=proposal.risk_tier,
         summary=summary[:4000],
         evidence=evidence or [],
         policy_version=decision.policy_version,
         policy_rule=decision.rule_id[:64],
         policy_reason=decision.reason[:2000],
-        trace_id=run.trace_id,
-        requester_id=run.requester_id,
-        requester_label=run.requester_label,
-        on_behalf_of_id=run.on_behalf_of_id,
-        on_behalf_of_label=run.on_behalf_of_label,
+        trace_id=subject.trace_id,
+        requester_id=proposal.requester_id,
+        requester_label=proposal.requester_label,
+        on_behalf_of_id=proposal.on_behalf_of_id,
+        on_behalf_of_label=proposal.on_behalf_of_label,
         due_at=due,
         near_due_at=near_due(now, due),
     )
     audit_record(
-        actor=Actor.run(run.public_id),
+        actor=actor,
         action="approval.requested",
-        tenant=run.tenant_id,
+        tenant=subject.tenant_id,
         object_type="approval_request",
         object_id=request.id,
-        trace_id=run.trace_id,
+        trace_id=subject.trace_id,
         policy_version=decision.policy_version,
         payload={
             "request_id": str(request.id),
@@ -115,12 +130,17 @@ def approval_request_create(
             "amount_cents": amount,
             "approvals_required": request.approvals_required,
             "due_at": request.due_at.isoformat(),
-            "run_id": str(run.public_id),
+            **ref,
         },
     )
     if request.risk_tier == "write_high":
         _notify_on_commit("requested", request.id)
     return request
+
+
+def _ref(row: ApprovalRequest | Handoff) -> dict[str, str]:
+    """The subject of a request or a handoff as its audit payloads name it."""
+    return subject_ref(row.subject_kind, row.subject_id)
 
 
 def near_due(start, due):
@@ -134,12 +154,16 @@ def _notify_on_commit(kind: str, request_id, **extra: Any) -> None:
     transaction.on_commit(lambda: notifications.dispatch(kind=kind, request_id=request_id, **extra))
 
 
+# Canonical JSON: sorted keys, no spaces, UTF-8 as is. Stored decisions carry hashes made
+# this way; changing it would make approvals already given to a proposal stop counting.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def proposal_hash(arguments: dict[str, Any]) -> str:
-    import json
-
-    from agents.broker import arguments_hash, canonical_json
-
-    return arguments_hash(json.loads(canonical_json(arguments)))
+    """sha256 of the canonical JSON of ``arguments``, read back as stored JSON (int keys
+    become strings, as in a JSONField): which proposal a decision approved."""
+    stored = json.loads(_CANONICAL.encode(arguments))
+    return hashlib.sha256(_CANONICAL.encode(stored).encode()).hexdigest()
 
 
 def arguments_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -176,14 +200,13 @@ def _is_party(actor: User, request: ApprovalRequest) -> bool:
     )
 
 
-def _check_edit(*, actor: User, request: ApprovalRequest, arguments: dict[str, Any]) -> None:
-    from agents import policy
-    from agents.models import AgentRun
-    from agents.runtime import _facts
-    from agents.tools import get_tool
-
-    tool = get_tool(request.tool)
-    problems = tool.validate(arguments) if tool else [f"unknown tool {request.tool}"]
+def _check_edit(
+    *, actor: User, request: ApprovalRequest, arguments: dict[str, Any], handler: SubjectHandler
+) -> None:
+    """An edit is valid for the action's schema, keeps the customer, may only lower the
+    amount, passes the action's own checks (422 otherwise) and the policy's decision,
+    which this request's queue and approvals must still cover (403 otherwise)."""
+    problems = handler.validate(request, arguments)
     if problems:
         raise InvalidInput("Edited arguments are invalid: " + "; ".join(problems))
     original = request.approved_arguments or request.arguments
@@ -196,32 +219,21 @@ def _check_edit(*, actor: User, request: ApprovalRequest, arguments: dict[str, A
             request=request,
             reason=f"An edit may lower the amount, not raise it ({old_amount} -> {new_amount} cents).",
         )
-    run = AgentRun.objects.select_related("tenant").get(pk=request.run_id)
-    refusals = tool.precheck(run.tenant_id, arguments) if tool.precheck else []
-    if refusals:  # the tool's own invariants (e.g. a credit above its evidence)
-        raise InvalidInput(f"The tool would refuse the edited arguments: {refusals[0][1]}")
-    decision = policy.decide(
-        policy.ActionContext(
-            tool=request.tool,
-            tier=request.risk_tier,
-            arguments=arguments,
-            tenant=run.tenant.slug,
-            intent=run.intent,
-            facts=_facts(run, arguments),
-        )
-    )
-    if decision.effect == policy.DENY:
-        _refuse(actor=actor, request=request, reason=f"Policy denies the edited arguments: {decision.reason}")
-    if decision.effect == policy.REQUIRE_APPROVAL and decision.queue:
-        target = ReviewQueue.objects.filter(slug=decision.queue).first()
+    check = handler.check_edit(request, arguments)
+    if check.refused is not None:  # the tool's own invariants (e.g. a credit above its evidence)
+        raise InvalidInput(f"The tool would refuse the edited arguments: {check.refused}")
+    if check.denied is not None:
+        _refuse(actor=actor, request=request, reason=f"Policy denies the edited arguments: {check.denied}")
+    if check.queue:
+        target = ReviewQueue.objects.filter(slug=check.queue).first()
         if target is None or not actor.has_perm(DECIDE_PERM, target):
             _refuse(
                 actor=actor,
                 request=request,
-                reason=f"The edited action needs a decision in queue {decision.queue!r}, "
+                reason=f"The edited action needs a decision in queue {check.queue!r}, "
                 "where you may not decide.",
             )
-    if decision.approvals_required > request.approvals_required:
+    if check.approvals_required > request.approvals_required:
         _refuse(
             actor=actor,
             request=request,
@@ -260,8 +272,9 @@ def approval_decide(
     arguments: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
     """Record ``actor``'s decision; on the deciding approval (or any rejection) close the
-    request, move the run to ``queued`` and enqueue its resume on commit (exactly once:
-    the run moves ``waiting_approval -> queued`` by a conditional UPDATE).
+    request and tell the subject's handler in the same transaction (the runtime moves the
+    run ``waiting_approval -> queued`` by a conditional UPDATE, so exactly once, and
+    enqueues its resume on commit).
 
     Only approvals of the *current* proposal count towards ``approvals_required``: an edit
     starts a new proposal (its editor's approval is the first), so approvals given to the
@@ -273,9 +286,7 @@ def approval_decide(
     (InvalidInput) for a reject without a reason or invalid edited arguments. Every
     refusal is audited as ``approval.refused``.
     """
-    from agents.models import AgentRun
-    from agents.services import run_resume_after_approval
-
+    handler = handler_for(request.subject_kind)  # an unknown kind fails closed, unchanged
     if decision not in DecisionKind.values:
         raise InvalidInput(f"decision must be one of {', '.join(DecisionKind.values)}.")
     reason = (reason or "").strip()
@@ -309,7 +320,7 @@ def approval_decide(
         if proposal_hash(arguments) != proposal_hash(current):
             edited = True
             diff = arguments_diff(current, arguments)
-            _check_edit(actor=actor, request=request, arguments=arguments)
+            _check_edit(actor=actor, request=request, arguments=arguments, handler=handler)
 
     refusal: tuple[str, int] | None = None
     with transaction.atomic():
@@ -364,11 +375,8 @@ def approval_decide(
                 **fields
             ):
                 raise Conflict("This request changed while you decided; reload it.")
-            run = AgentRun.objects.get(pk=locked.run_id)
             if final:
-                run_resume_after_approval(
-                    run=run, actor=actor, request_id=locked.id, outcome=decision, now=now
-                )
+                handler.closed(locked, status=fields["status"], actor=actor, now=now)
             audit_record(
                 actor=actor,
                 action="approval.decided",
@@ -385,7 +393,7 @@ def approval_decide(
                     "arguments": effective,
                     "edited": edited,
                     "diff": diff,
-                    "run_id": str(run.public_id),
+                    **_ref(locked),
                     "queue": locked.queue.slug,
                     "approvals": approvals,
                     "approvals_required": locked.approvals_required,
@@ -398,36 +406,36 @@ def approval_decide(
     return request
 
 
-def approval_requests_cancel_for_run(*, run, actor: Any, reason: str) -> int:
-    """Cancel every pending request of ``run`` (the run was cancelled), one conditional
-    UPDATE and one ``approval.cancelled`` audit event per request, inside the caller's
-    transaction (``agents.services.run_cancel``); the call each one held is refused
-    (``agents.broker.invocation_decided``). The rows are locked first, so a reviewer
+def approval_requests_cancel(*, subject: Subject, actor: Any, reason: str) -> int:
+    """Cancel every pending request about ``subject`` (e.g. the run was cancelled), one
+    conditional UPDATE and one ``approval.cancelled`` audit event per request, inside the
+    caller's transaction (``agents.services.run_cancel``); the subject's handler is told of
+    each (the runtime refuses the call it held). The rows are locked first, so a reviewer
     deciding at the same moment either finishes first (the request is no longer pending
     and is left alone) or finds it cancelled (409). Returns how many were cancelled."""
-    from agents.broker import invocation_decided
-
+    handler = handler_for(subject.kind)
     now = timezone.now()
-    reason = (reason or "").strip() or "run cancelled"
+    reason = (reason or "").strip() or f"{handler.noun} cancelled"
     cancelled = 0
     pending = (
         ApprovalRequest.objects.select_for_update(of=("self",))
-        .select_related("queue", "invocation")
-        .filter(run=run, status=ApprovalStatus.PENDING)
+        .select_related("queue")
+        .of_subject(subject)
+        .filter(status=ApprovalStatus.PENDING)
         .order_by("created_at", "id")
     )
     for request in pending:
         done = ApprovalRequest.objects.filter(pk=request.pk, status=ApprovalStatus.PENDING).update(
             status=ApprovalStatus.CANCELLED,
             decided_at=now,
-            decision_reason=f"Run cancelled: {reason}"[:2000],
+            decision_reason=f"{handler.noun.capitalize()} cancelled: {reason}"[:2000],
             claimed_by=None,
             claim_expires_at=None,
         )
         if not done:
             continue
         cancelled += 1
-        invocation_decided(request.invocation, outcome=ApprovalStatus.CANCELLED)
+        handler.closed(request, status=ApprovalStatus.CANCELLED, actor=actor, now=now)
         audit_record(
             actor=actor,
             action="approval.cancelled",
@@ -441,7 +449,7 @@ def approval_requests_cancel_for_run(*, run, actor: Any, reason: str) -> int:
                 "queue": request.queue.slug,
                 "tool": request.tool,
                 "reason": reason,
-                "run_id": str(run.public_id),
+                **subject_ref(subject.kind, subject.id),
             },
         )
     return cancelled
@@ -603,13 +611,10 @@ def approval_escalate(*, request_id, now=None) -> bool:
 
 
 def approval_expire(*, request_id, now=None) -> bool:
-    """Fail closed: an escalated request whose deadline passed again expires. The run is
-    told (it moves to ``queued`` and its resume is enqueued on commit); the runtime sees
-    the expired request and hands off to a human with a summary (agents.runtime
-    ``_resume_after_approval``), which creates the Handoff row."""
-    from agents.models import AgentRun
-    from agents.services import run_resume_after_approval
-
+    """Fail closed: an escalated request whose deadline passed again expires, and the
+    subject's handler is told in the same transaction (the runtime moves the run to
+    ``queued``; resumed, it sees the expired request and hands off to a human with a
+    summary, which creates the Handoff row)."""
     now = now or timezone.now()
     with transaction.atomic():
         done = ApprovalRequest.objects.filter(
@@ -624,9 +629,9 @@ def approval_expire(*, request_id, now=None) -> bool:
         if not done:
             return False
         request = ApprovalRequest.objects.select_related("queue").get(pk=request_id)
-        run = AgentRun.objects.get(pk=request.run_id)
         system = Actor.system("sla-sweep")
-        run_resume_after_approval(run=run, actor=system, request_id=request.id, outcome="expired", now=now)
+        handler = handler_for(request.subject_kind)
+        handler.closed(request, status=ApprovalStatus.EXPIRED, actor=system, now=now)
         audit_record(
             actor=system,
             action="approval.expired",
@@ -635,7 +640,7 @@ def approval_expire(*, request_id, now=None) -> bool:
             object_id=request.id,
             trace_id=request.trace_id,
             payload={"request_id": str(request.id), "queue": request.queue.slug,
-                     "run_id": str(run.public_id), "due_at": request.due_at.isoformat()},
+                     **_ref(request), "due_at": request.due_at.isoformat()},
         )
     return True
 
@@ -651,7 +656,10 @@ def approval_sla_sweep(*, now=None, batch: int = 500) -> dict[str, int]:
     )
     for pk, escalated_at in overdue:
         if escalated_at is not None:
-            counts["expired"] += approval_expire(request_id=pk, now=now)
+            try:
+                counts["expired"] += approval_expire(request_id=pk, now=now)
+            except UnknownSubject:  # it stays pending (fail closed); the rest still expire
+                logger.exception("approval request %s not expired", pk)
         else:
             counts["escalated"] += approval_escalate(request_id=pk, now=now)
     near = list(
@@ -669,68 +677,44 @@ def approval_sla_sweep(*, now=None, batch: int = 500) -> dict[str, int]:
 # --- human handoffs ---------------------------------------------------------------------
 
 
-def _handoff_source(status: str, reason: str) -> str:
-    text = reason.lower()
-    if "review queue full" in text or ("review queue" in text and "does not exist" in text):
-        return HandoffSource.BACKPRESSURE
-    if "approval request expired" in text:
-        return HandoffSource.EXPIRY
-    if status == "budget_exhausted":
-        return HandoffSource.BUDGET
-    if "routed to humans" in text:
-        return HandoffSource.ROUTING
-    return HandoffSource.RUNTIME
-
-
-def handoff_create(*, run, status: str, reason: str, summary: str = "") -> Handoff | None:
-    """Put a run that ended handed off into the human handoff queue, inside the caller's
-    transaction (the run's terminal commit). Once per run."""
-    if Handoff.objects.filter(run=run).exists():
+def handoff_create(
+    *, subject: Subject, actor: Any, source: str, reason: str, summary: str = ""
+) -> Handoff | None:
+    """Put ``subject`` (a run that ended handed off) into the human handoff queue, inside
+    the caller's transaction (the run's terminal commit). Once per subject; ``source`` is a
+    ``HandoffSource`` (a full review queue also records ``approval.throttled``)."""
+    if Handoff.objects.of_subject(subject).exists():
         return None
-    source = _handoff_source(status, reason)
+    ref = subject_ref(subject.kind, subject.id)
     handoff = Handoff.objects.create(
-        run=run, tenant_id=run.tenant_id, source=source, reason=reason[:4000], summary=summary[:8000]
+        subject_kind=subject.kind,
+        subject_id=subject.id,
+        tenant_id=subject.tenant_id,
+        trace_id=subject.trace_id,
+        source=source,
+        reason=reason[:4000],
+        summary=summary[:8000],
     )
-    actor = Actor.run(run.public_id)
     if source == HandoffSource.BACKPRESSURE:
         audit_record(
             actor=actor,
             action="approval.throttled",
-            tenant=run.tenant_id,
-            object_type="run",
-            object_id=run.public_id,
-            trace_id=run.trace_id,
-            payload={"reason": reason[:2000], "run_id": str(run.public_id)},
+            tenant=subject.tenant_id,
+            object_type=handler_for(subject.kind).noun,
+            object_id=subject.id,
+            trace_id=subject.trace_id,
+            payload={"reason": reason[:2000], **ref},
         )
     audit_record(
         actor=actor,
         action="handoff.created",
-        tenant=run.tenant_id,
+        tenant=subject.tenant_id,
         object_type="handoff",
         object_id=handoff.id,
-        trace_id=run.trace_id,
-        payload={"handoff_id": str(handoff.id), "run_id": str(run.public_id), "source": source,
-                 "reason": reason[:2000]},
+        trace_id=subject.trace_id,
+        payload={"handoff_id": str(handoff.id), **ref, "source": source, "reason": reason[:2000]},
     )
     return handoff
-
-
-def handoff_extra(
-    extra: Callable | None, *, run, status: str, reason: str, result: dict[str, Any] | None, handoff: bool
-) -> Callable | None:
-    """The runtime's ``_finish`` hook: wrap its ``extra`` so that a run ending
-    ``handed_off`` (or ``budget_exhausted`` with a handoff) also gets its Handoff row in
-    the same transaction. Returns ``extra`` unchanged otherwise."""
-    if not (status == "handed_off" or (handoff and status == "budget_exhausted")):
-        return extra
-    summary = (result or {}).get("handoff_summary", "")
-
-    def both(step_row):
-        if extra is not None:
-            extra(step_row)
-        handoff_create(run=run, status=status, reason=reason, summary=summary)
-
-    return both
 
 
 def handoff_take(*, actor: User, handoff: Handoff) -> Handoff:
@@ -747,8 +731,8 @@ def handoff_take(*, actor: User, handoff: Handoff) -> Handoff:
                 tenant=handoff.tenant_id,
                 object_type="handoff",
                 object_id=handoff.id,
-                trace_id=handoff.run.trace_id,
-                payload={"handoff_id": str(handoff.id), "run_id": str(handoff.run.public_id)},
+                trace_id=handoff.trace_id,
+                payload={"handoff_id": str(handoff.id), **_ref(handoff)},
             )
     handoff.refresh_from_db()
     if not taken:
@@ -780,9 +764,8 @@ def handoff_resolve(*, actor: User, handoff: Handoff, note: str) -> Handoff:
                 tenant=handoff.tenant_id,
                 object_type="handoff",
                 object_id=handoff.id,
-                trace_id=handoff.run.trace_id,
-                payload={"handoff_id": str(handoff.id), "run_id": str(handoff.run.public_id),
-                         "note": note[:2000]},
+                trace_id=handoff.trace_id,
+                payload={"handoff_id": str(handoff.id), **_ref(handoff), "note": note[:2000]},
             )
     handoff.refresh_from_db()
     if not done:

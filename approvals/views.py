@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -19,7 +18,6 @@ from django.template.loader import select_template
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from agents.tools import get_tool
 from approvals.access import handoff_for_person, handoffs_visible_to, may_work_handoffs, request_for_viewer
 from approvals.models import ApprovalRequest, ApprovalStatus, DecisionKind, HandoffStatus
 from approvals.selectors import (
@@ -30,6 +28,8 @@ from approvals.selectors import (
     queue_overview,
     request_decisions,
     request_list,
+    request_review,
+    request_trace,
     sla_state,
     visible_queue_ids,
 )
@@ -66,16 +66,6 @@ def _require_reviewer(request: HttpRequest) -> None:
 
 
 # --- the tool's own check of a proposal (its review hook) -------------------------------
-
-
-def _review(item: ApprovalRequest) -> dict[str, Any] | None:
-    """What the tool's review hook says of the arguments under review (the edited ones once
-    an edit was approved), read now (a charge credited since the request was filed shows).
-    None for a tool without a hook."""
-    tool = get_tool(item.tool)
-    if tool is None or tool.review is None:
-        return None
-    return tool.review(item.tenant_id, item.approved_arguments or item.arguments)
 
 
 def _review_template(tool: str) -> str:
@@ -130,7 +120,7 @@ def _rows(items: list[ApprovalRequest], now) -> list[dict]:
     for r in items:
         review, template = None, ""
         if r.status == ApprovalStatus.PENDING and checked < REVIEW_ROWS:
-            review = _review(r)
+            review = request_review(r)
         if review is not None:
             checked += 1
             if r.tool not in templates:
@@ -206,7 +196,7 @@ def _detail_context(request: HttpRequest, item: ApprovalRequest, **extra) -> dic
     decisions = request_decisions(item)
     current = item.approved_arguments or item.arguments
     digest = proposal_hash(current)
-    review = _review(item)
+    review = request_review(item)
     template = _review_template(item.tool) if review is not None else ""
     context = {
         "item": item,
@@ -244,10 +234,8 @@ def approval_detail(request: HttpRequest, request_id) -> HttpResponse:
 @login_required
 @require_GET
 def approval_trace(request: HttpRequest, request_id) -> HttpResponse:
-    from agents.selectors import run_trace
-
     item = _viewable(request, request_id)
-    return render(request, "approvals/detail.html#trace", {"item": item, "trace": run_trace(item.run)})
+    return render(request, "approvals/detail.html#trace", {"item": item, "trace": request_trace(item)})
 
 
 def _act(request: HttpRequest, item: ApprovalRequest, action, ok_message: str) -> HttpResponse:
@@ -350,7 +338,7 @@ def handoffs_page(request: HttpRequest) -> HttpResponse:
     if not may_work_handoffs(request.user):
         raise Http404("Not found.")
     status = request.GET.get("status", "active")
-    qs = handoffs_visible_to(request.user).select_related("run", "tenant", "taken_by", "resolved_by")
+    qs = handoffs_visible_to(request.user).select_related("tenant", "taken_by", "resolved_by")
     if status == "active":
         qs = qs.filter(status__in=[HandoffStatus.OPEN, HandoffStatus.TAKEN]).order_by("created_at")
     elif status in HandoffStatus.values:

@@ -64,6 +64,7 @@ def _scale(args) -> None:
     from django.utils import timezone
     from guardian.shortcuts import assign_perm
 
+    from agents.approval_subject import KIND
     from agents.models import AgentRun, ToolInvocation
     from agents.services import run_start
     from approvals.models import ApprovalRequest, ReviewQueue
@@ -103,8 +104,9 @@ def _scale(args) -> None:
             ApprovalRequest(
                 tenant=tenants[(start + i) % len(tenants)],
                 queue=queues[(start + i) % len(queues)],
-                run=run,
-                invocation=inv,
+                subject_kind=KIND,
+                subject_id=str(run.public_id),
+                action_id=str(inv.pk),
                 tool="apply_credit",
                 arguments=inv.arguments,
                 amount_cents=inv.arguments["amount_cents"],
@@ -155,9 +157,9 @@ def _resume(args, env) -> None:
     from django.contrib.auth.models import User
     from django.db import transaction
 
+    from agents.approval_subject import requests_of
     from agents.runtime import run_execute
     from agents.services import run_start
-    from approvals.models import ApprovalRequest
     from approvals.services import approval_decide
     from audit.models import AuditEvent
     from console.models import WorkerHeartbeat
@@ -198,7 +200,7 @@ def _resume(args, env) -> None:
         for _ in range(args.resumes + 3):
             run, _ = run_start(actor=svc, tenant="acme", message=message, enqueue=False)
             run_execute(run_id=str(run.public_id), worker="bench")
-            request = ApprovalRequest.objects.select_related("queue").get(run=run, status="pending")
+            request = requests_of(run).select_related("queue").get(status="pending")
             committed: list[float] = []
             with transaction.atomic():
                 transaction.on_commit(lambda marks=committed: marks.append(time.time()))

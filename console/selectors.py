@@ -16,6 +16,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
+from agents.approval_subject import requests_of
 from agents.models import ACTIVE_RUN_STATUSES, AgentRun, KillSwitch, RunStatus, TenantSpend
 from console.models import Tenant, TenantMembership
 from console.roles import ADMIN, has_role
@@ -248,8 +249,6 @@ def run_list(*, user, params: dict[str, str], limit: int = RUN_PAGE) -> dict[str
 def run_timeline(run: AgentRun) -> dict[str, Any]:
     """The trace as a timeline: each step with its offset and duration as shares of the
     run's span (for the bars), the policy decision and the approval waits."""
-    from approvals.models import ApprovalRequest
-
     steps = list(run.steps.select_related("invocation").order_by("seq"))
     start = run.created_at
     end = run.finished_at or timezone.now()
@@ -269,7 +268,7 @@ def run_timeline(run: AgentRun) -> dict[str, Any]:
             }
         )
     waits = []
-    for r in ApprovalRequest.objects.filter(run=run).select_related("queue").order_by("created_at"):
+    for r in requests_of(run).select_related("queue").order_by("created_at"):
         until = r.decided_at or timezone.now()
         waits.append(
             {

@@ -264,10 +264,11 @@ def step():
 
 @pytest.fixture
 def pending_request():
+    from agents.approval_subject import requests_of
     from approvals.models import ApprovalRequest
 
     def get(run) -> ApprovalRequest:
-        return ApprovalRequest.objects.select_related("queue").get(run=run, status="pending")
+        return requests_of(run).select_related("queue").get(status="pending")
 
     return get
 

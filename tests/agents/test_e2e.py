@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from agents.approval_subject import requests_of
 from agents.models import AgentRun, InvocationState, RunStatus, ToolInvocation
-from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from audit.models import AuditEvent
 from support.models import CreditLedger
@@ -84,7 +84,7 @@ def test_same_message_delivered_twice_concurrently_gives_one_credit(
     from agents.tasks import resume_run_task
 
     run = step(start_run(REFUND))
-    request = ApprovalRequest.objects.get(run=run)
+    request = requests_of(run).get()
     (tmp_path / "hold").write_text("hold")
     worker = start_worker(concurrency=2, extra_env={"ACP_TEST_HOLD_DIR": str(tmp_path)})
     approval_decide(actor=lead, request=request, decision="approve", reason="ok")  # enqueues on commit
@@ -109,7 +109,7 @@ def test_worker_killed_mid_apply_credit_resumes_with_exactly_one_credit(
     from agents.services import run_sweep
 
     run = step(start_run(REFUND))
-    request = ApprovalRequest.objects.get(run=run)
+    request = requests_of(run).get()
     (tmp_path / "hold").write_text("hold")
     short_lease = {"AGENT_RUN_LEASE_SECONDS": "2"}
     doomed = start_worker(concurrency=1, extra_env={**short_lease, "ACP_TEST_HOLD_DIR": str(tmp_path)})

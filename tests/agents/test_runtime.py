@@ -437,7 +437,7 @@ def test_cancel_parked_run_cancels_its_request(start_run, step, pending_request,
     assert run.status == RunStatus.CANCELLED
     request.refresh_from_db()
     assert request.status == "cancelled"
-    assert ToolInvocation.objects.get(pk=request.invocation_id).state == InvocationState.REFUSED
+    assert ToolInvocation.objects.get(pk=request.action_id).state == InvocationState.REFUSED
     event = AuditEvent.objects.get(action="approval.cancelled", object_id=str(request.id))
     assert event.payload["request_id"] == str(request.id) and event.trace_id == run.trace_id
     with pytest.raises(Conflict):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from agents.approval_subject import requests_of
 from agents.models import RunStatus, ToolInvocation
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
@@ -56,7 +57,7 @@ def test_rejected_credit_gets_a_reply_that_promises_nothing_and_the_run_ends_den
     assert not any(p in draft.body.lower() for p in PROMISES), draft.body
     # the closing turn ran a write_low tool, never another credit or approval
     assert ToolInvocation.objects.filter(run=run, tool="apply_credit").count() == 1
-    assert ApprovalRequest.objects.filter(run=run).count() == 1
+    assert requests_of(run).count() == 1
 
 
 @pytest.mark.parametrize(

@@ -28,12 +28,12 @@ def parked(start_run, step, pending_request):
 def draft_request(run, *, step_seq: int, queue: str = "billing-credits", customer: str = "C-1002",
                   body: str = "Thanks, we are on it.", summary: str = "Draft a reply", **kwargs):
     """A pending request on ``run`` for a write_low draft_reply (as a force-approval switch
-    would route it), made directly through the broker and approval_request_create."""
+    would route it), made directly through the broker and request_approval."""
     from django.db import transaction
 
     from agents import broker, policy
+    from agents.approval_subject import request_approval
     from agents.tools import get_tool
-    from approvals.services import approval_request_create
 
     with transaction.atomic():
         invocation = broker.invocation_propose(
@@ -52,16 +52,14 @@ def draft_request(run, *, step_seq: int, queue: str = "billing-credits", custome
             queue=queue,
             approvals_required=1,
         )
-        return approval_request_create(
-            run=run, invocation=invocation, decision=decision, summary=summary, **kwargs
-        )
+        return request_approval(run=run, invocation=invocation, decision=decision, summary=summary, **kwargs)
 
 
 @pytest.fixture
 def low_risk_request(start_run):
     """``low_risk_request(queue="billing-credits")``: a parked run whose pending request is a
     write_low draft_reply (as a force-approval switch would route it), made directly through
-    the broker and approval_request_create."""
+    the broker and request_approval."""
     from agents.models import RunStatus
 
     def make(queue: str = "billing-credits", **kwargs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agents.approval_subject import run_subject
 from agents.models import RunStatus
 from approvals.models import ApprovalRequest, Handoff, HandoffSource, HandoffStatus, ReviewQueue
 from approvals.services import handoff_resolve, handoff_take
@@ -21,7 +22,7 @@ def test_a_full_queue_throttles_intake_and_the_run_hands_off(start_run, step, pa
     assert run.status == RunStatus.HANDED_OFF
     assert "Review queue full" in run.terminal_reason
     assert ApprovalRequest.objects.filter(status="pending").count() == 1
-    handoff = Handoff.objects.get(run=run)
+    handoff = Handoff.objects.of_subject(run_subject(run)).get()
     assert handoff.source == HandoffSource.BACKPRESSURE and handoff.status == HandoffStatus.OPEN
     assert "apply_credit" in handoff.summary
     assert AuditEvent.objects.filter(action="approval.throttled", object_id=str(run.public_id)).exists()
@@ -33,7 +34,7 @@ def test_take_resolve_and_close_a_handoff_with_a_note(start_run, step, operator,
     ReviewQueue.objects.filter(slug="billing-credits").update(capacity=1)
     step(start_run(REFUND))
     run = step(start_run(REFUND))
-    handoff = Handoff.objects.get(run=run)
+    handoff = Handoff.objects.of_subject(run_subject(run)).get()
     with pytest.raises(InvalidInput):
         handoff_resolve(actor=operator, handoff=handoff, note=" ")
     handoff_take(actor=operator, handoff=handoff)
@@ -55,7 +56,7 @@ def test_handoff_page_for_operators_and_reviewers_only(
     ReviewQueue.objects.filter(slug="billing-credits").update(capacity=1)
     step(start_run(REFUND))
     run = step(start_run(REFUND))
-    handoff = Handoff.objects.get(run=run)
+    handoff = Handoff.objects.of_subject(run_subject(run)).get()
     page = login(operator).get("/handoffs/")
     assert page.status_code == 200 and str(handoff.id).encode() in page.content
     assert b'data-testid="take"' in page.content
@@ -79,7 +80,7 @@ def test_database_keeps_resolved_final(start_run, step, operator):
         pytest.skip("trigger is PostgreSQL-only")
     ReviewQueue.objects.filter(slug="billing-credits").update(capacity=1)
     step(start_run(REFUND))
-    handoff = Handoff.objects.get(run=step(start_run(REFUND)))
+    handoff = Handoff.objects.of_subject(run_subject(step(start_run(REFUND)))).get()
     handoff_resolve(actor=operator, handoff=handoff, note="done")
     with pytest.raises(DatabaseError, match="Cannot update"), transaction.atomic():
         Handoff.objects.filter(pk=handoff.pk).update(status="open")
@@ -89,4 +90,4 @@ def test_budget_exhausted_run_lands_in_the_handoff_queue(start_run, step):
     run = start_run("What plan is customer C-1002 on?", budgets={"max_steps": 1})
     run = step(run)
     assert run.status == RunStatus.BUDGET_EXHAUSTED, run.terminal_reason
-    assert Handoff.objects.get(run=run).source == HandoffSource.BUDGET
+    assert Handoff.objects.of_subject(run_subject(run)).get().source == HandoffSource.BUDGET

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from agents.approval_subject import requests_of
 from agents.models import AgentRun, RunStatus
 from tests.agents.conftest import REFUND
 
@@ -14,10 +15,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def parked(start_run, step):
-    from approvals.models import ApprovalRequest
-
     run = step(start_run(REFUND))
-    return run, ApprovalRequest.objects.get(run=run)
+    return run, requests_of(run).get()
 
 
 def _decide(client, request_id, **payload):
@@ -54,10 +53,8 @@ def test_reject_without_reason_is_422_and_with_reason_200(parked, token_client, 
 
 
 def test_on_behalf_of_identity_gets_403(start_run, step, token_client, lead, svc_acme):
-    from approvals.models import ApprovalRequest
-
     run = step(start_run(REFUND, actor=svc_acme, on_behalf_of="lead"))
-    request = ApprovalRequest.objects.get(run=run)
+    request = requests_of(run).get()
     response = _decide(token_client(lead), request.id, decision="approve")
     assert response.status_code == 403 and "Segregation" in response.json()["error"]["message"]
 

@@ -20,11 +20,12 @@ from django.utils import timezone
 
 from agents import broker, policy
 from agents import runtime as rt
+from agents.approval_subject import request_approval
 from agents.llm.base import ModelResponse
 from agents.models import Agent, ToolInvocation
 from agents.tools import REGISTRY, get_tool
 from approvals.models import ApprovalStatus
-from approvals.services import approval_decide, approval_request_create
+from approvals.services import approval_decide
 from console.templatetags.console_extras import cents, readable_date
 from support.models import CreditLedger, Customer
 
@@ -159,7 +160,7 @@ def filed_directly(run, arguments: dict, *, step_seq: int = 60):
             queue="billing-credits",
             approvals_required=1,
         )
-        return approval_request_create(run=run, invocation=invocation, decision=decision, summary="A credit")
+        return request_approval(run=run, invocation=invocation, decision=decision, summary="A credit")
 
 
 def visible_text(html: str) -> str:

@@ -1,5 +1,5 @@
 """The run-side state changes around approvals, each in its one service:
-``approvals.services.approval_requests_cancel_for_run`` (called by ``run_cancel``) cancels a
+``approvals.services.approval_requests_cancel`` (called by ``run_cancel``) cancels a
 run's pending requests one by one, audited; ``agents.services.run_resume_after_approval``
 (called by decisions and SLA expiry) moves a parked run back to ``queued``."""
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
+from agents.approval_subject import requests_of
 from agents.models import AgentRun, RunStatus
 from agents.services import run_cancel
-from approvals.models import ApprovalRequest, ApprovalStatus
+from approvals.models import ApprovalStatus
 from approvals.services import approval_decide, approval_escalate, approval_expire
 from audit.models import AuditEvent
 from console.errors import Conflict
@@ -31,7 +32,7 @@ def test_cancelling_a_parked_run_cancels_each_request_with_its_own_audit_event(p
     other = _second_pending_request(run)
     run = run_cancel(actor=operator, run=run, reason="customer withdrew")
     assert run.status == RunStatus.CANCELLED
-    rows = {r.id: r for r in ApprovalRequest.objects.filter(run=run)}
+    rows = {r.id: r for r in requests_of(run)}
     assert {r.status for r in rows.values()} == {ApprovalStatus.CANCELLED}
     assert rows[request.id].decision_reason == "Run cancelled: customer withdrew"
     assert rows[request.id].decided_at is not None
@@ -93,17 +94,18 @@ def test_run_resume_after_approval_moves_a_parked_run_once_audits_and_enqueues_o
 
 
 def test_decisions_and_expiry_resume_the_run_through_the_agents_service(parked, lead, monkeypatch):
-    """The run's status is changed by agents.services, never by approvals directly."""
-    import agents.services
+    """The run's status is changed by agents.services, called by the runtime's subject
+    handler, never by approvals directly."""
+    import agents.approval_handler
 
     calls = []
-    real = agents.services.run_resume_after_approval
+    real = agents.approval_handler.run_resume_after_approval
 
     def spy(**kwargs):
         calls.append((kwargs["request_id"], kwargs["outcome"]))
         return real(**kwargs)
 
-    monkeypatch.setattr(agents.services, "run_resume_after_approval", spy)
+    monkeypatch.setattr(agents.approval_handler, "run_resume_after_approval", spy)
     run, approved = parked()
     approval_decide(actor=lead, request=approved, decision="approve", reason="duplicate charge")
     assert AgentRun.objects.get(pk=run.pk).status == RunStatus.QUEUED

@@ -10,6 +10,7 @@ from django.core import mail
 from django.db import connection
 from django.utils import timezone
 
+from agents.approval_subject import run_subject
 from agents.models import AgentRun, InvocationState, RunStatus, ToolInvocation
 from approvals.models import ApprovalRequest, ApprovalStatus, Handoff, HandoffSource
 from approvals.services import approval_escalate, approval_expire, approval_flag, approval_sla_sweep
@@ -84,9 +85,9 @@ def test_expiry_fails_closed_the_run_hands_off_with_a_summary(parked, step):
     assert "Proposed but not executed: apply_credit" in run.result["handoff_summary"]
     assert not CreditLedger.objects.exists()
     # the call it held will never run, and its row says so (not "awaiting approval")
-    call = ToolInvocation.objects.get(pk=request.invocation_id)
+    call = ToolInvocation.objects.get(pk=request.action_id)
     assert call.state == InvocationState.REFUSED and call.started_at is None
-    handoff = Handoff.objects.get(run=run)
+    handoff = Handoff.objects.of_subject(run_subject(run)).get()
     assert handoff.source == HandoffSource.EXPIRY and "apply_credit" in handoff.summary
     assert AuditEvent.objects.filter(action="handoff.created", object_id=str(handoff.id)).exists()
 

@@ -38,7 +38,7 @@ def test_start_a_run_approve_it_as_a_lead_and_see_it_finish(runtime, start_worke
 
     lead = page_for("lead")
     lead.goto("/approvals/")
-    request = ApprovalRequest.objects.get(run__public_id=run_id)
+    request = ApprovalRequest.objects.get(subject_id=run_id)
     expect(lead.locator(f"[data-request='{request.id}']")).to_be_visible()
     screenshot(lead, "approvals")
     lead.click(f"[data-request='{request.id}'] [data-testid=open-request]")

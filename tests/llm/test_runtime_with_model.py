@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from agents import runtime as rt
+from agents.approval_subject import run_subject
 from agents.llm.openai_compat import breaker_for
 from agents.models import Agent, RunStatus, Step
 from agents.runtime import run_execute
@@ -110,7 +111,7 @@ def test_a_model_that_keeps_calling_an_unknown_tool_never_runs_it_and_the_run_fa
     assert run.failure_class == "model"
     assert "no model route gave a valid answer" in run.terminal_reason
     assert "unknown tool 'delete_all_customers'" in run.terminal_reason
-    assert not Handoff.objects.filter(run=run).exists()
+    assert not Handoff.objects.of_subject(run_subject(run)).exists()
     assert not ToolInvocation.objects.filter(run=run, tool="delete_all_customers").exists()
     # Each route got the original call plus two repair turns carrying the validation error.
     assert primary.count == 3 and backup.count == 3
@@ -287,7 +288,7 @@ def test_the_old_message_shape_is_refused_and_the_run_fails_with_the_servers_mes
     assert run.status == RunStatus.FAILED and run.failure_class == "model"
     assert "HTTP 400" in run.terminal_reason and "messages[3].tool_call_id" in run.terminal_reason
     assert backup.count == 0  # no fallback: not an outage
-    assert not Handoff.objects.filter(run=run).exists()
+    assert not Handoff.objects.of_subject(run_subject(run)).exists()
     # The answer is OpenAI's error body.
     refused = httpx.post(f"{primary.url}/chat/completions", timeout=5, json={
         "model": "m", "messages": old_messages(run)})

@@ -10,6 +10,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from agents import switches as switch_state
+from agents.approval_subject import requests_of
 from agents.models import KillSwitch, RunStatus, ToolInvocation
 from agents.services import switch_engage, switch_expire_due, switch_release, switch_set
 from approvals.services import approval_decide
@@ -83,7 +84,7 @@ def test_force_approval_for_a_tier_parks_what_policy_would_allow(start_run, step
     switch_engage(actor=operator, scope="approval", target="read", reason="audit week")
     run = step(start_run(QUESTION))
     assert run.status == RunStatus.WAITING_APPROVAL
-    request = run.approval_requests.get()
+    request = requests_of(run).get()
     assert request.tool == "lookup_subscription" and "audit week" in request.policy_reason
 
 
@@ -91,7 +92,7 @@ def test_force_approval_for_one_tool_leaves_other_tools_alone(start_run, step, o
     switch_engage(actor=operator, scope="approval", target="search_tickets", reason="check searches")
     run = step(start_run(QUESTION))
     assert run.status == RunStatus.WAITING_APPROVAL
-    assert run.approval_requests.get().tool == "search_tickets"
+    assert requests_of(run).get().tool == "search_tickets"
     assert run.invocations.get(tool="lookup_subscription").state == "succeeded"  # not forced
 
 

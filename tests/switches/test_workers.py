@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
+from agents.approval_subject import requests_of
 from agents.models import AgentRun, InvocationState, KillSwitch, RunStatus, ToolInvocation
 from agents.services import run_start, switch_engage, switch_release
 from approvals.models import ApprovalRequest
@@ -37,7 +38,7 @@ def test_scopes_with_a_real_worker(runtime, start_worker, svc_acme, operator, le
     wait_for(lambda: _status(refund) == RunStatus.WAITING_APPROVAL, workers=w, what="park")
     switch_engage(actor=operator, scope="tool", target="apply_credit", reason="INC-9 ledger")
     approval_decide(
-        actor=lead, request=ApprovalRequest.objects.get(run=refund), decision="approve", reason="ok"
+        actor=lead, request=requests_of(refund).get(), decision="approve", reason="ok"
     )
     question = _start(svc_acme, QUESTION)
     wait_for(lambda: _status(refund) == RunStatus.KILLED, workers=w, what="credit refused")
