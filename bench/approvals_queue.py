@@ -163,6 +163,7 @@ def _resume(args, env) -> None:
     from approvals.services import approval_decide
     from audit.models import AuditEvent
     from console.models import WorkerHeartbeat
+    from support.models import Subscription
 
     name = f"bench-approvals-{os.getpid()}"
     log = open(os.path.join(env["VAR_DIR"], f"{name}.log"), "wb")
@@ -196,8 +197,13 @@ def _resume(args, env) -> None:
         svc = User.objects.get(username="svc-acme")
         lead = User.objects.get(username="lead")
         message = "Customer C-1001 was billed twice in March, please refund the $40 duplicate"
+        subscription = Subscription.objects.filter(tenant__slug="acme", customer__code="C-1001").first()
         latencies = []
-        for _ in range(args.resumes + 3):
+        for i in range(args.resumes + 3):
+            # a charge is credited once, ever: each run gets a March duplicate of its own
+            extra = {"ref": f"bench_dup_{i}", "date": "2026-03-15", "amount_cents": 4000}
+            subscription.charges = [*subscription.charges, extra]
+            subscription.save(update_fields=["charges"])
             run, _ = run_start(actor=svc, tenant="acme", message=message, enqueue=False)
             run_execute(run_id=str(run.public_id), worker="bench")
             request = requests_of(run).select_related("queue").get(status="pending")
