@@ -11,7 +11,7 @@ from ninja.responses import Status
 from agents.access import run_for_canceller, run_for_viewer
 from agents.schemas import RunCancelIn, RunOut, RunStartIn, TraceOut
 from agents.selectors import run_summary, run_trace
-from agents.services import run_cancel, run_start
+from agents.services.runs import run_cancel, run_start
 from console.errors import InvalidInput
 
 router = Router(tags=["runs"])

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from ninja import Router, Schema
 
 from agents.models import KillSwitch, SwitchScope
-from agents.services import GLOBAL_TARGETS, switch_set
+from agents.services.switches import GLOBAL_TARGETS, switch_set
 from agents.switches import blast_radius
 from console.errors import InvalidInput, PermissionDenied
 from console.roles import ADMIN, AUDITOR, OPERATOR, has_role
@@ -112,7 +112,7 @@ def put_switch(request: HttpRequest, scope: str, target: str, payload: SwitchIn)
 def get_blast_radius(request: HttpRequest, scope: str, target: str):
     _require(request.auth, OPERATOR, ADMIN, doing="Previewing a kill switch")
     scope = _scope(scope)
-    from agents.services import _validate_switch_target
+    from agents.services.switches import switch_target_validate
 
-    target = _validate_switch_target(scope, _target(scope, target))
+    target = switch_target_validate(scope, _target(scope, target))
     return {"scope": scope, "target": target or "-", **blast_radius(scope=scope, target=target)}

@@ -17,7 +17,7 @@ from agents import broker, policy
 from agents.approval_subject import KIND
 from agents.models import AgentRun, ToolInvocation
 from agents.selectors import run_trace
-from agents.services import run_resume_after_approval
+from agents.services.runs import run_resume_after_approval
 from agents.tools import get_tool
 from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.subjects import EditCheck, SubjectHandler

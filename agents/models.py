@@ -16,7 +16,7 @@ from django.db.models import Q
 
 # --- the runtime ------------------------------------------------------------------------
 # Statuses are TextChoices with CheckConstraints; transitions are conditional UPDATEs in
-# agents.runtime / agents.services that check the row count, and on PostgreSQL a trigger
+# agents.runtime / agents.services.runs that check the row count, and on PostgreSQL a trigger
 # refuses any change away from a final status.
 
 

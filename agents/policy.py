@@ -336,7 +336,7 @@ def _active_row() -> tuple[int, Any] | None:
 def _current_row(token: str | None = None) -> tuple[int, Any] | None:
     """The active row for a decision, without a database round trip when nothing changed.
 
-    A policy is activated only through ``agents.services`` (``policy_create(activate=True)``,
+    A policy is activated only through ``agents.services.policies`` (``policy_create(activate=True)``,
     ``policy_activate``), which bumps the kill switches' version key (``agents.switches``,
     one Redis ``GET`` or one read of the shared file cache) once the activation has
     committed. So the row read under version token T stays the active row for as long as

@@ -74,7 +74,8 @@ from agents.models import (
 )
 from agents.planner import ScriptedSupportPlanner
 from agents.prompting import build_messages
-from agents.services import spend_reserve, spend_settle, switches_active_for
+from agents.services.spend import spend_reserve, spend_settle
+from agents.services.switches import switches_active_for
 from agents.tools import get_tool
 from approvals.models import ApprovalStatus
 from approvals.services import QueueFull
@@ -293,7 +294,7 @@ def _switch_stop(run: AgentRun, lease: str, switches, began: float) -> str | Non
     for switch in switches:
         if switch.scope == SwitchScope.AGENT and switch.target == run.agent.slug:
             # Pause: park as queued, lease released (no worker held). Releasing the switch
-            # enqueues it again (agents.services._switch_effects); the sweeper is the backstop.
+            # enqueues it again (agents.services.switches._switch_effects); the sweeper is the backstop.
             parked = {"switch": str(switch), "reason": switch.reason, "at": timezone.now().isoformat()}
             _commit(
                 run,

@@ -19,7 +19,7 @@ def seed_runtime() -> int:
     from agents.models import Policy
     from agents.planner import INTENTS
     from agents.policy import DEFAULT_RULES
-    from agents.services import policy_create
+    from agents.services.policies import policy_create
 
     created = 0
     if not Agent.objects.filter(slug="support", tenant__isnull=True).exists():

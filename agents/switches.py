@@ -1,6 +1,6 @@
 """Kill-switch propagation: the database decides, a version key makes the check cheap.
 
-The authoritative state is the ``KillSwitch`` table (``agents.services.switch_*`` write it,
+The authoritative state is the ``KillSwitch`` table (``agents.services.switches`` write it,
 one transaction each, audited). Workers read it through this module:
 
 - ``engaged()`` -- before every step. A per-process copy of the engaged switches, valid
@@ -168,7 +168,7 @@ def cache_ttl() -> float:
 
 
 def _from_db() -> list[KillSwitch]:
-    from agents.services import switches_engaged
+    from agents.services.switches import switches_engaged
 
     return switches_engaged()
 

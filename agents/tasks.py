@@ -17,30 +17,37 @@ from django.db import transaction
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=50, ignore_result=True)
+class RetryLater(Exception):
+    """The run could not be stepped now (its lease is held elsewhere, a tool call is in
+    flight, every model route is busy): the task is retried with backoff."""
+
+
+# One task steps a run, whether it was just started, swept or resumed after an approval:
+# only the lease holder steps it, and the worker reads what it needs (an approval's
+# outcome included) from the database. Retries: 1, 2, 4, 8, 16, then every 30 s, 50 times.
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=(RetryLater,),
+    max_retries=50,
+    retry_backoff=True,
+    retry_backoff_max=30,
+    retry_jitter=False,
+)
 def run_step_task(self, run_id: str) -> str:
     from agents.runtime import RETRY_LATER, run_execute
 
     outcome = run_execute(run_id=run_id, worker=self.request.hostname or "")
     if outcome == RETRY_LATER:
-        raise self.retry(countdown=min(2 ** min(self.request.retries, 5), 30))
-    return outcome
-
-
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=50, ignore_result=True)
-def resume_run_task(self, run_id: str) -> str:
-    """Resume a parked run after an approval decision (same loop, same lease rules)."""
-    from agents.runtime import RETRY_LATER, run_execute
-
-    outcome = run_execute(run_id=run_id, worker=self.request.hostname or "")
-    if outcome == RETRY_LATER:
-        raise self.retry(countdown=min(2 ** min(self.request.retries, 5), 30))
+        raise RetryLater(run_id)
     return outcome
 
 
 @shared_task(ignore_result=True)
 def sweep_runs_task() -> int:
-    from agents.services import run_sweep
+    from agents.services.runs import run_sweep
 
     return len(run_sweep())
 
@@ -48,23 +55,22 @@ def sweep_runs_task() -> int:
 @shared_task(ignore_result=True)
 def expire_switches_task() -> int:
     """Beat: lift kill switches whose expiry passed (records switch.expired)."""
-    from agents.services import switch_expire_due
+    from agents.services.switches import switch_expire_due
 
     return len(switch_expire_due())
 
 
-def send_run(run_id: str, *, resume: bool = False) -> None:
+def send_run(run_id: str) -> None:
     """Publish now. A failed publish is logged, not raised: the run stays queued in the
     database and the sweeper enqueues it again."""
-    task = resume_run_task if resume else run_step_task
     try:
-        task.delay(str(run_id))
+        run_step_task.delay(str(run_id))
     except Exception:
         logger.exception("could not enqueue run %s; the sweeper will retry", run_id)
 
 
-def enqueue_run(run, *, resume: bool = False) -> None:
+def enqueue_run(run) -> None:
     """Enqueue the run when the current transaction commits (never a run the worker
     cannot see yet)."""
     run_id = str(run.public_id)
-    transaction.on_commit(lambda: send_run(run_id, resume=resume))
+    transaction.on_commit(lambda: send_run(run_id))

@@ -409,7 +409,7 @@ def approval_decide(
 def approval_requests_cancel(*, subject: Subject, actor: Any, reason: str) -> int:
     """Cancel every pending request about ``subject`` (e.g. the run was cancelled), one
     conditional UPDATE and one ``approval.cancelled`` audit event per request, inside the
-    caller's transaction (``agents.services.run_cancel``); the subject's handler is told of
+    caller's transaction (``agents.services.runs.run_cancel``); the subject's handler is told of
     each (the runtime refuses the call it held). The rows are locked first, so a reviewer
     deciding at the same moment either finishes first (the request is no longer pending
     and is left alone) or finds it cancelled (409). Returns how many were cancelled."""

@@ -1,4 +1,5 @@
-"""Helpers shared by the runtime benchmarks: a scratch database, Django setup, machine line."""
+"""Helpers shared by the benchmarks: a scratch database, Django setup, a Celery worker, the
+machine line."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import os
 import platform
 import secrets
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +67,45 @@ def setup_django(env: dict[str, str]) -> None:
 
     call_command("migrate", verbosity=0)
     call_command("seed_demo", verbosity=0, stdout=open(os.devnull, "w"))
+
+
+def start_worker(env: dict[str, str], *, hostname: str, concurrency: int, log=None) -> subprocess.Popen:
+    """A real ``celery worker`` (prefork, ``concurrency`` processes) on the benchmark's queue,
+    in its own process group (stop it with ``os.killpg(worker.pid, 15)``). Output goes to
+    ``log`` (an open binary file), else nowhere."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "--loglevel=WARNING",
+            f"--concurrency={concurrency}",
+            f"--hostname={hostname}",
+            f"--queues={env['CELERY_QUEUE']}",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log if log is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_worker(worker: subprocess.Popen, hostname: str, timeout: float = 60) -> None:
+    """Until the worker's heartbeat row appears (it is ready to take runs); RuntimeError if it
+    exits or takes longer than ``timeout`` seconds."""
+    from console.models import WorkerHeartbeat
+
+    deadline = time.monotonic() + timeout
+    while not WorkerHeartbeat.objects.filter(hostname=hostname).exists():
+        if time.monotonic() > deadline or worker.poll() is not None:
+            raise RuntimeError(f"bench worker {hostname} did not start")
+        time.sleep(0.2)
 
 
 def machine() -> str:

@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
-from bench._runtime_common import ROOT, bench_env, create_db, drop_db, machine, pct, setup_django, summary
+from bench._runtime_common import (
+    bench_env,
+    create_db,
+    drop_db,
+    machine,
+    pct,
+    setup_django,
+    start_worker,
+    summary,
+    wait_worker,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -66,7 +75,7 @@ def _scale(args) -> None:
 
     from agents.approval_subject import KIND
     from agents.models import AgentRun, ToolInvocation
-    from agents.services import run_start
+    from agents.services.runs import run_start
     from approvals.models import ApprovalRequest, ReviewQueue
     from audit.services import Actor
     from console.models import Tenant, TenantMembership
@@ -159,41 +168,16 @@ def _resume(args, env) -> None:
 
     from agents.approval_subject import requests_of
     from agents.runtime import run_execute
-    from agents.services import run_start
+    from agents.services.runs import run_start
     from approvals.services import approval_decide
     from audit.models import AuditEvent
-    from console.models import WorkerHeartbeat
     from support.models import Subscription
 
     name = f"bench-approvals-{os.getpid()}"
     log = open(os.path.join(env["VAR_DIR"], f"{name}.log"), "wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "--loglevel=WARNING",
-            "--concurrency=2",
-            f"--hostname={name}@localhost",
-            f"--queues={env['CELERY_QUEUE']}",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    worker = start_worker(env, hostname=f"{name}@localhost", concurrency=2, log=log)
     try:
-        deadline = time.monotonic() + 60
-        while not WorkerHeartbeat.objects.filter(hostname=f"{name}@localhost").exists():
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise RuntimeError("bench worker did not start")
-            time.sleep(0.2)
+        wait_worker(worker, f"{name}@localhost")
         svc = User.objects.get(username="svc-acme")
         lead = User.objects.get(username="lead")
         message = "Customer C-1001 was billed twice in March, please refund the $40 duplicate"

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -44,6 +43,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from bench._runtime_common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -69,23 +70,6 @@ def _setup_django(db: str) -> None:
     import django
 
     django.setup()
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import psycopg
-
-    with psycopg.connect(ADMIN_URL) as conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]
-    return (f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}, "
-            f"PostgreSQL {version}, {platform.system()} {platform.release()}")
 
 
 # --- writer processes ---------------------------------------------------------------------

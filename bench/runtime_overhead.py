@@ -62,7 +62,7 @@ def _run(args) -> int:
 
     from agents import runtime
     from agents.models import Agent, AgentRun
-    from agents.services import run_start
+    from agents.services.runs import run_start
     from agents.tools.registry import REGISTRY, register
 
     sleep_s = args.sleep_ms / 1000

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 
 from bench._runtime_common import (
-    ROOT,
     bench_env,
     cpu_by_process,
     cpu_delta,
@@ -28,6 +25,8 @@ from bench._runtime_common import (
     drop_db,
     machine,
     setup_django,
+    start_worker,
+    wait_worker,
 )
 
 MESSAGES = {
@@ -50,27 +49,8 @@ def main(argv: list[str]) -> int:
     worker = None
     try:
         setup_django(env)
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "console",
-                "worker",
-                "--loglevel=WARNING",
-                f"--concurrency={args.concurrency}",
-                f"--queues={env['CELERY_QUEUE']}",
-                "--hostname=bench@localhost",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        worker = start_worker(env, hostname="bench@localhost", concurrency=args.concurrency)
+        wait_worker(worker, "bench@localhost")
         return _run(args, worker.pid)
     finally:
         if worker is not None:
@@ -83,24 +63,13 @@ def main(argv: list[str]) -> int:
             drop_db(args.db)
 
 
-def _wait_worker(timeout: float = 60) -> None:
-    from console.models import WorkerHeartbeat
-
-    deadline = time.monotonic() + timeout
-    while not WorkerHeartbeat.objects.filter(hostname="bench@localhost").exists():
-        if time.monotonic() > deadline:
-            raise SystemExit("worker did not start")
-        time.sleep(0.2)
-
-
 def _run(args, worker_pgid: int) -> int:
     from django.contrib.auth.models import User
     from django.db.models import Count
 
     from agents.models import AgentRun, RunStatus
-    from agents.services import run_start
+    from agents.services.runs import run_start
 
-    _wait_worker()
     actor = User.objects.get(username="svc-acme")
     done = [
         RunStatus.SUCCEEDED,

@@ -22,7 +22,17 @@ import sys
 import threading
 import time
 
-from bench._runtime_common import ROOT, bench_env, create_db, drop_db, machine, pct, setup_django
+from bench._runtime_common import (
+    ROOT,
+    bench_env,
+    create_db,
+    drop_db,
+    machine,
+    pct,
+    setup_django,
+    start_worker,
+    wait_worker,
+)
 
 CHILD = r"""
 import os, sys, time
@@ -106,7 +116,7 @@ class Checker:
 
 
 def _flip_to_refusal(args, env, procs) -> None:
-    from agents.services import switch_engage, switch_release
+    from agents.services.switches import switch_engage, switch_release
     from audit.services import Actor
 
     actor = Actor.system("bench")
@@ -139,34 +149,13 @@ def _flip_to_parked(args, env, procs) -> None:
     from django.contrib.auth.models import User
 
     from agents.models import ACTIVE_RUN_STATUSES, AgentRun, RunStatus
-    from agents.services import run_start, switch_engage, switch_release
+    from agents.services.runs import run_start
+    from agents.services.switches import switch_engage, switch_release
     from audit.services import Actor
-    from console.models import WorkerHeartbeat
 
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "--loglevel=WARNING",
-            f"--concurrency={args.concurrency}",
-            f"--queues={env['CELERY_QUEUE']}",
-            "--hostname=bench-switches@localhost",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = start_worker(env, hostname="bench-switches@localhost", concurrency=args.concurrency)
     procs.append(worker)
-    while not WorkerHeartbeat.objects.filter(hostname="bench-switches@localhost").exists():
-        time.sleep(0.2)
+    wait_worker(worker, "bench-switches@localhost")
     actor = Actor.system("bench")
     svc = User.objects.get(username="svc-acme")
     pause_ms, stop_ms, drain_ms, running_at_flip = [], [], [], []

@@ -132,7 +132,7 @@ def _task_types(recent: QuerySet[AgentRun]) -> list[dict[str, Any]]:
 
 
 def _spend(tenants: QuerySet[Tenant], now) -> list[dict[str, Any]]:
-    from agents.services import _daily_cap
+    from agents.services.spend import spend_daily_cap
 
     today = now.date()
     rows = {r.tenant_id: r for r in TenantSpend.objects.filter(tenant__in=tenants, day=today)}
@@ -145,7 +145,7 @@ def _spend(tenants: QuerySet[Tenant], now) -> list[dict[str, Any]]:
     out = []
     for tenant in tenants.order_by("slug"):
         row = rows.get(tenant.pk)
-        cap = row.cap_usd if row else _daily_cap(tenant.pk)
+        cap = row.cap_usd if row else spend_daily_cap(tenant.pk)
         spent = row.spent_usd if row else Decimal(0)
         share = float(spent / cap * 100) if cap else 0.0
         out.append(
@@ -205,7 +205,7 @@ def _handoffs(tenants: QuerySet[Tenant], recent: QuerySet[AgentRun]) -> dict[str
 
 
 def engaged_switches() -> list[KillSwitch]:
-    from agents.services import switches_engaged
+    from agents.services.switches import switches_engaged
 
     return sorted(switches_engaged(), key=lambda s: (s.scope, s.target))
 

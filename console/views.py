@@ -135,7 +135,7 @@ def switches_page(request: HttpRequest) -> HttpResponse:
 
 
 def _scope_target(scope: str, target: str) -> tuple[str, str]:
-    from agents.services import GLOBAL_TARGETS
+    from agents.services.switches import GLOBAL_TARGETS
 
     if scope not in SwitchScope.values:
         raise Http404("No such switch.")
@@ -148,17 +148,17 @@ def _scope_target(scope: str, target: str) -> tuple[str, str]:
 @require_GET
 def switch_confirm(request: HttpRequest, scope: str, target: str) -> HttpResponse:
     """The confirmation: what the flip would affect now, and the reason it needs."""
-    from agents.services import _switch_target, _validate_switch_target
+    from agents.services.switches import switch_target_normalize, switch_target_validate
     from agents.switches import blast_radius
 
     _require_operator(request)
     scope, target = _scope_target(scope, target)
     try:
-        target = _switch_target(scope, target)
+        target = switch_target_normalize(scope, target)
         row = KillSwitch.objects.filter(scope=scope, target=target).first()
         engaged = bool(row and row.engaged)
         if not engaged:  # engaging needs a target that exists; releasing does not
-            target = _validate_switch_target(scope, target)
+            target = switch_target_validate(scope, target)
     except DomainError as exc:
         raise Http404(exc.message) from None
     context = {
@@ -178,7 +178,7 @@ def switch_confirm(request: HttpRequest, scope: str, target: str) -> HttpRespons
 @login_required
 @require_POST
 def switch_flip(request: HttpRequest, scope: str, target: str) -> HttpResponse:
-    from agents.services import switch_set
+    from agents.services.switches import switch_set
 
     _require_operator(request)
     scope, target = _scope_target(scope, target)
@@ -251,7 +251,7 @@ def _start_form_context(request: HttpRequest, **extra) -> dict:
 @require_http_methods(["GET", "POST"])
 def runs_page(request: HttpRequest) -> HttpResponse:
     """The run list with filters; POST starts a run (operators) and opens it."""
-    from agents.services import run_start
+    from agents.services.runs import run_start
 
     _require_operator(request)
     status = 200

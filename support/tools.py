@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from agents.services import switches_active_for
+from agents.services.switches import switches_active_for
 from agents.tools.registry import ToolContext, ToolError, register
 from audit.services import Actor, audit_record
 from support.credits import (
@@ -212,7 +212,7 @@ def draft_reply(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
 def _refuse_if_switched(tool: str) -> None:
     """Strict kill-switch check for tools that write the product's own tables: called inside
     the write's transaction, under the switch lock a flip also takes, so a flip that
-    committed first always wins (see agents.services.switches_active_for)."""
+    committed first always wins (see agents.services.switches.switches_active_for)."""
     blocking = [s for s in switches_active_for(tool=tool, strict=True) if s.scope in ("global", "tool")]
     if blocking:
         raise ToolError(

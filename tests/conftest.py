@@ -238,7 +238,7 @@ def refunds_of_distinct_duplicates(tenant, n: int) -> list[str]:
 @pytest.fixture
 def start_run(runtime):
     """``start_run(message, actor=svc-acme, tenant="acme", **kw)`` creates a run (not enqueued)."""
-    from agents.services import run_start
+    from agents.services.runs import run_start
 
     def start(message: str, *, actor=None, tenant: str = "acme", **kwargs) :
         actor = actor or runtime["users"]["svc-acme"]

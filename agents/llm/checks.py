@@ -10,11 +10,11 @@ from django.core.exceptions import ImproperlyConfigured
 def check_model_routes(app_configs=None, **kwargs):
     from django.conf import settings
 
-    from agents.llm.config import _parse_json, load_routes, routes_for_agent
+    from agents.llm.config import load_routes, parse_json, routes_for_agent
 
     try:
         routes = load_routes()
-        table = _parse_json("MODEL_AGENT_ROUTES", getattr(settings, "MODEL_AGENT_ROUTES", {}))
+        table = parse_json("MODEL_AGENT_ROUTES", getattr(settings, "MODEL_AGENT_ROUTES", {}))
         for agent in {*(table if isinstance(table, dict) else {}), "*"}:
             routes_for_agent(agent, routes=routes)
     except ImproperlyConfigured as exc:

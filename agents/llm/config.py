@@ -86,7 +86,9 @@ _NUMBERS = {"timeout": float, "price_in": float, "price_out": float, "max_attemp
 _ALLOWED = {f.name for f in fields(Route)} | {"api_key_file", "api_key_env"}
 
 
-def _parse_json(name: str, raw: Any) -> Any:
+def parse_json(name: str, raw: Any) -> Any:
+    """A JSON setting (``MODEL_ROUTES``, ``MODEL_AGENT_ROUTES``): a string is parsed, a value
+    already parsed is returned as is, empty is ``{}``; bad JSON is ``ImproperlyConfigured``."""
     if raw in (None, ""):
         return {}
     if isinstance(raw, str):
@@ -153,7 +155,7 @@ def load_routes(*, environ: Mapping[str, str] | None = None) -> dict[str, Route]
     """Every configured route by name. Raises ImproperlyConfigured on a bad value."""
     environ = os.environ if environ is None else environ
     specs: dict[str, dict[str, Any]] = {}
-    configured = _parse_json("MODEL_ROUTES", getattr(settings, "MODEL_ROUTES", {}))
+    configured = parse_json("MODEL_ROUTES", getattr(settings, "MODEL_ROUTES", {}))
     if not isinstance(configured, Mapping):
         raise ImproperlyConfigured("MODEL_ROUTES must be a JSON object {\"name\": {...}}.")
     for name, spec in configured.items():
@@ -177,7 +179,7 @@ def _route_names(where: str, value: Any) -> list[str]:
 
 def agent_route_names(agent: str) -> dict[str, list[str]]:
     """Route names per step kind for an agent (by its name); empty lists when none."""
-    table = _parse_json("MODEL_AGENT_ROUTES", getattr(settings, "MODEL_AGENT_ROUTES", {}))
+    table = parse_json("MODEL_AGENT_ROUTES", getattr(settings, "MODEL_AGENT_ROUTES", {}))
     if not isinstance(table, Mapping):
         raise ImproperlyConfigured("MODEL_AGENT_ROUTES must be a JSON object {\"agent\": ...}.")
     entry: Any = table.get(agent, table.get("*"))

@@ -20,13 +20,9 @@ from agents.models import (
     TenantSpend,
     ToolInvocation,
 )
-from agents.services import (
-    policy_create,
-    spend_reserve,
-    switch_engage,
-    switch_release,
-    switches_active_for,
-)
+from agents.services.policies import policy_create
+from agents.services.spend import spend_reserve
+from agents.services.switches import switch_engage, switch_release, switches_active_for
 from agents.tools import get_tool
 from approvals.services import approval_decide
 from audit.models import AuditEvent
@@ -369,10 +365,11 @@ def test_credit_idempotency_key_is_unique(runtime, acme):
 
 
 def test_sweeper_reenqueues_runs_whose_worker_died(start_run, monkeypatch):
-    from agents import services, tasks
+    from agents import tasks
+    from agents.services.runs import run_sweep
 
     sent = []
-    monkeypatch.setattr(tasks, "send_run", lambda run_id, resume=False: sent.append(run_id))
+    monkeypatch.setattr(tasks, "send_run", lambda run_id: sent.append(run_id))
     run = start_run(REFUND)
     AgentRun.objects.filter(pk=run.pk).update(
         status=RunStatus.RUNNING,
@@ -380,6 +377,6 @@ def test_sweeper_reenqueues_runs_whose_worker_died(start_run, monkeypatch):
         lease_expires_at=timezone.now() - timezone.timedelta(seconds=1),
     )
     fresh = start_run("What plan is customer C-1002 on?")
-    assert services.run_sweep() == [str(run.public_id)]
+    assert run_sweep() == [str(run.public_id)]
     later = timezone.now() + timezone.timedelta(seconds=120)
-    assert set(services.run_sweep(now=later)) == {str(run.public_id), str(fresh.public_id)}
+    assert set(run_sweep(now=later)) == {str(run.public_id), str(fresh.public_id)}

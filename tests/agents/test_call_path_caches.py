@@ -29,7 +29,7 @@ from agents import policy, switches
 from agents.broker import canonical_json
 from agents.credentials import CredentialError, credential_issue, credential_verify
 from agents.models import AgentRun, Policy
-from agents.services import policy_activate, policy_create
+from agents.services.policies import policy_activate, policy_create
 
 RUN = "2c2a4f6e-0000-4000-8000-000000000000"
 

@@ -81,7 +81,7 @@ def test_same_message_delivered_twice_concurrently_gives_one_credit(
 ):
     """Two more copies of the resume message arrive while the first is inside apply_credit
     (held there, after its ledger write): they find the run leased and leave it alone."""
-    from agents.tasks import resume_run_task
+    from agents.tasks import run_step_task
 
     run = step(start_run(REFUND))
     request = requests_of(run).get()
@@ -90,7 +90,7 @@ def test_same_message_delivered_twice_concurrently_gives_one_credit(
     approval_decide(actor=lead, request=request, decision="approve", reason="ok")  # enqueues on commit
     wait_for(lambda: (tmp_path / "apply_credit.reached").exists(), workers=[worker], what="mid-credit")
     for _ in range(2):  # the very same message twice more, while the first is mid-tool
-        resume_run_task.apply_async(args=[str(run.public_id)], task_id=f"dup-{run.public_id}")
+        run_step_task.apply_async(args=[str(run.public_id)], task_id=f"dup-{run.public_id}")
     wait_for(lambda: worker.output().count("is held by another worker") >= 2, workers=[worker],
              what="both copies turned away during the call")
     assert (tmp_path / "hold").exists() and CreditLedger.objects.count() == 1
@@ -106,7 +106,7 @@ def test_same_message_delivered_twice_concurrently_gives_one_credit(
 def test_worker_killed_mid_apply_credit_resumes_with_exactly_one_credit(
     runtime, start_worker, start_run, step, lead, tmp_path
 ):
-    from agents.services import run_sweep
+    from agents.services.runs import run_sweep
 
     run = step(start_run(REFUND))
     request = requests_of(run).get()

@@ -119,7 +119,7 @@ def test_an_approved_call_the_active_policy_now_denies_never_runs(
     import copy
 
     from agents import policy
-    from agents.services import policy_create
+    from agents.services.policies import policy_create
 
     run = step(start_run(REFUND))
     approval_decide(actor=lead, request=pending_request(run), decision="approve", reason="dup")
@@ -429,7 +429,7 @@ def test_every_tool_step_records_the_policy_version(start_run, step):
 
 
 def test_cancel_parked_run_cancels_its_request(start_run, step, pending_request, operator):
-    from agents.services import run_cancel
+    from agents.services.runs import run_cancel
 
     run = step(start_run(REFUND))
     request = pending_request(run)

@@ -1,6 +1,6 @@
 """The run-side state changes around approvals, each in its one service:
 ``approvals.services.approval_requests_cancel`` (called by ``run_cancel``) cancels a
-run's pending requests one by one, audited; ``agents.services.run_resume_after_approval``
+run's pending requests one by one, audited; ``agents.services.runs.run_resume_after_approval``
 (called by decisions and SLA expiry) moves a parked run back to ``queued``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from django.db import transaction
 
 from agents.approval_subject import requests_of
 from agents.models import AgentRun, RunStatus
-from agents.services import run_cancel
+from agents.services.runs import run_cancel
 from approvals.models import ApprovalStatus
 from approvals.services import approval_decide, approval_escalate, approval_expire
 from audit.models import AuditEvent
@@ -76,10 +76,10 @@ def test_run_resume_after_approval_moves_a_parked_run_once_audits_and_enqueues_o
     parked, lead, django_capture_on_commit_callbacks, monkeypatch
 ):
     from agents import tasks
-    from agents.services import run_resume_after_approval
+    from agents.services.runs import run_resume_after_approval
 
     sent = []
-    monkeypatch.setattr(tasks, "send_run", lambda run_id, resume=False: sent.append((run_id, resume)))
+    monkeypatch.setattr(tasks, "send_run", lambda run_id: sent.append(run_id))
     run, request = parked()
     with django_capture_on_commit_callbacks(execute=True):
         with transaction.atomic():
@@ -90,11 +90,11 @@ def test_run_resume_after_approval_moves_a_parked_run_once_audits_and_enqueues_o
     assert AgentRun.objects.get(pk=run.pk).status == RunStatus.QUEUED
     (event,) = AuditEvent.objects.filter(action="run.resumed", object_id=str(run.public_id))
     assert event.payload == {"request_id": str(request.id), "decision": "approve"}
-    assert sent == [(str(run.public_id), True)]
+    assert sent == [str(run.public_id)]
 
 
 def test_decisions_and_expiry_resume_the_run_through_the_agents_service(parked, lead, monkeypatch):
-    """The run's status is changed by agents.services, called by the runtime's subject
+    """The run's status is changed by agents.services.runs, called by the runtime's subject
     handler, never by approvals directly."""
     import agents.approval_handler
 

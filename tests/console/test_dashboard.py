@@ -19,7 +19,7 @@ def test_percentile_is_nearest_rank():
 def test_dashboard_shows_runs_outcomes_spend_approvals_and_engaged_switches(
     start_run, step, login, operator, lead
 ):
-    from agents.services import switch_engage
+    from agents.services.switches import switch_engage
 
     step(start_run("What plan is customer C-1002 on?"))
     step(start_run(REFUND))  # parks: one open approval

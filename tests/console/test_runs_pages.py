@@ -64,7 +64,7 @@ def test_start_a_run_from_the_console(
 ):
     from agents import tasks
 
-    monkeypatch.setattr(tasks, "send_run", lambda run_id, resume=False: None)
+    monkeypatch.setattr(tasks, "send_run", lambda run_id: None)
     client = login(operator)
     response = client.post("/runs/", {"tenant": "acme", "message": QUESTION, "intent": ""})
     assert response.status_code == 302

@@ -17,7 +17,7 @@ from agents.approval_subject import run_subject
 from agents.llm.openai_compat import breaker_for
 from agents.models import Agent, RunStatus, Step
 from agents.runtime import run_execute
-from agents.services import run_start
+from agents.services.runs import run_start
 from approvals.models import Handoff
 from audit.models import AuditEvent
 from support.models import CreditLedger, ReplyDraft

@@ -92,7 +92,7 @@ def test_anonymous_is_sent_to_login(runtime, client):
 
 
 def test_page_shows_runbook_state_and_history(runtime, login, operator):
-    from agents.services import switch_engage
+    from agents.services.switches import switch_engage
 
     switch_engage(actor=operator, scope="intent", target="billing_refund", reason="billing to humans")
     page = login(operator).get("/switches/").content.decode()
@@ -160,7 +160,7 @@ def test_a_switch_on_a_tool_a_deploy_removed_can_still_be_released(runtime, logi
     page and the API release them. Engaging an unknown target is still refused, and
     releasing one never engaged says the target is unknown."""
     from agents.models import Agent
-    from agents.services import switch_engage
+    from agents.services.switches import switch_engage
     from agents.tools.registry import REGISTRY
 
     support = Agent.objects.get(slug="support", is_active=True)

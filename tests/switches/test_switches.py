@@ -12,7 +12,7 @@ from django.utils import timezone
 from agents import switches as switch_state
 from agents.approval_subject import requests_of
 from agents.models import KillSwitch, RunStatus, ToolInvocation
-from agents.services import switch_engage, switch_expire_due, switch_release, switch_set
+from agents.services.switches import switch_engage, switch_expire_due, switch_release, switch_set
 from approvals.services import approval_decide
 from audit.models import AuditEvent
 from console.errors import Conflict, InvalidInput
@@ -102,7 +102,7 @@ def test_pause_leaves_new_runs_queued_untouched_and_release_resumes_them(
     from agents import tasks
 
     sent = []
-    monkeypatch.setattr(tasks, "send_run", lambda run_id, resume=False: sent.append(run_id))
+    monkeypatch.setattr(tasks, "send_run", lambda run_id: sent.append(run_id))
     switch_engage(actor=operator, scope="agent", target="support", reason="bad prompt release")
     run = step(start_run(QUESTION))
     assert run.status == RunStatus.QUEUED and run.lease_token == "" and not run.steps.exists()
@@ -134,7 +134,7 @@ def test_release_of_a_pause_enqueues_the_parked_runs_on_commit(
     from agents import tasks
 
     sent = []
-    monkeypatch.setattr(tasks, "send_run", lambda run_id, resume=False: sent.append(run_id))
+    monkeypatch.setattr(tasks, "send_run", lambda run_id: sent.append(run_id))
     switch_engage(actor=operator, scope="agent", target="support", reason="pause")
     run = start_run(QUESTION)
     with django_capture_on_commit_callbacks(execute=True):
@@ -204,7 +204,7 @@ def test_expired_pause_reenqueues_its_runs(
     from agents import tasks
 
     sent = []
-    monkeypatch.setattr(tasks, "send_run", lambda run_id, resume=False: sent.append(run_id))
+    monkeypatch.setattr(tasks, "send_run", lambda run_id: sent.append(run_id))
     switch_engage(
         actor=operator,
         scope="agent",

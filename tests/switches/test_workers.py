@@ -9,7 +9,8 @@ from django.db import transaction
 
 from agents.approval_subject import requests_of
 from agents.models import AgentRun, InvocationState, KillSwitch, RunStatus, ToolInvocation
-from agents.services import run_start, switch_engage, switch_release
+from agents.services.runs import run_start
+from agents.services.switches import switch_engage, switch_release
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from audit.models import AuditEvent

@@ -35,7 +35,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         from agents.runtime import run_execute
-        from agents.services import run_start
+        from agents.services.runs import run_start
 
         actor = Actor.system(f"cli:{getpass.getuser()}")
         try:
