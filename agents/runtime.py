@@ -576,7 +576,7 @@ def _think(run: AgentRun, lease: str, began: float) -> str | None:
     if closing and int(closing.get("turns", 0)) >= CLOSING_TURNS:
         return _finish_closing(run, lease, closing, began=began, note="closing turn over")
     agent = run.agent
-    tools = [t.spec() for name in agent.allowed_tools if (t := get_tool(name))]
+    tools = [t.spec() for name in agent.allowed_tools if (t := get_tool(name, run.tenant_id))]
     estimate = _reserve_estimate()
     reserved, spend = spend_reserve(tenant_id=run.tenant_id, amount=estimate)
     if not reserved:
@@ -926,7 +926,7 @@ def _act(
     switch_version: str | None = None,
 ) -> str | None:
     name, arguments = pending["tool"], pending["arguments"]
-    tool = get_tool(name)
+    tool = get_tool(name, run.tenant_id)  # code first; else the tenant's own or a global data tool
     problems: list[str] = []
     if tool is None or name not in run.agent.allowed_tools:
         allowed = ", ".join(run.agent.allowed_tools)
@@ -962,6 +962,8 @@ def _act(
     ]
     blocking = [s for s in switches if s.scope in (SwitchScope.TOOL, SwitchScope.GLOBAL)]
     forced = tuple(s.reason or str(s) for s in switches if s.scope == SwitchScope.APPROVAL)
+    if tool.forced_approval:  # an imported tool no admin has reviewed yet: fail closed
+        forced = (*forced, tool.forced_approval)
     ctx = policy.ActionContext(
         tool=name,
         tier=tool.tier,

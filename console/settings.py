@@ -14,6 +14,9 @@ propagation).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -168,6 +171,43 @@ if not DEBUG and _secret_key_is_weak(SECRET_KEY):
 if not SECRET_KEY:
     SECRET_KEY = _INSECURE_PREFIX + "-debug-only-not-for-production"
 
+
+# Downstream credentials of data-defined tools (integrations.crypto, docs/tools.md): Fernet
+# keys, newest first. The first encrypts, every one decrypts (MultiFernet): put a new key in
+# front, run `manage.py credentials_reencrypt`, then drop the old one. CREDENTIALS_KEYS
+# (comma-separated) or CREDENTIALS_KEYS_FILE (one key per line); with neither, one key
+# derived from SECRET_KEY, so the embedded default works with nothing set. Production sets
+# its own: rotating SECRET_KEY then does not lock the stored credentials away.
+def _fernet_keys(name: str) -> list[str]:
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={path!r} cannot be read: {exc}.") from None
+        keys = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    else:
+        keys = envlist(name, [])
+    for number, key in enumerate(keys, 1):
+        try:
+            raw = base64.urlsafe_b64decode(key.encode())
+        except (ValueError, binascii.Error):
+            raw = b""
+        if len(raw) != 32:  # never echo the key itself
+            raise ImproperlyConfigured(
+                f"{name}: key #{number} is not a Fernet key (32 url-safe base64-encoded bytes). "
+                "Generate one with `python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`."
+            )
+    return keys
+
+
+CREDENTIALS_KEYS = _fernet_keys("CREDENTIALS_KEYS") or [
+    base64.urlsafe_b64encode(
+        hmac.digest(SECRET_KEY.encode(), b"integrations.credentials.v1", "sha256")
+    ).decode()
+]
+
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
@@ -189,6 +229,7 @@ INSTALLED_APPS = [
     "agents.knowledge",
     "support",  # the support toolkit: the demo customer system, above the runtime
     "approvals",
+    "integrations",  # tools as data: HTTP and MCP tools, their credentials (docs/tools.md)
 ]
 
 MIDDLEWARE = [

@@ -57,8 +57,12 @@ def _catalogue() -> list[dict]:
     """Every switch an operator may flip, with its current row (if it was ever flipped)."""
     from agents.planner import INTENTS
     from agents.tools import REGISTRY
+    from agents.tools.registry import known_tool_names
 
     rows = {(s.scope, s.target): s for s in KillSwitch.objects.all()}
+    # tools in code with their tier; tools registered as data (integrations) by name
+    tools = [(n, f"{n} ({REGISTRY[n].tier})" if n in REGISTRY else f"{n} (registered tool)")
+             for n in sorted(known_tool_names())]
     agents = sorted(set(Agent.objects.filter(is_active=True).values_list("slug", flat=True)))
     declared = Agent.objects.values_list("intents", flat=True)
     intents = sorted(set(INTENTS) | {i for a in declared for i in a or []})
@@ -67,7 +71,7 @@ def _catalogue() -> list[dict]:
         (
             SwitchScope.TOOL,
             "Disable one tool: calls are refused before execution; other tools keep working.",
-            [(name, f"{name} ({REGISTRY[name].tier})") for name in sorted(REGISTRY)],
+            tools,
         ),
         (
             SwitchScope.INTENT,
@@ -77,7 +81,7 @@ def _catalogue() -> list[dict]:
         (
             SwitchScope.APPROVAL,
             "Force approval: actions policy would allow now need a reviewer.",
-            [(t, f"tier {t}") for t in Tier.values] + [(n, n) for n in sorted(REGISTRY)],
+            [(t, f"tier {t}") for t in Tier.values] + [(n, n) for n, _ in tools],
         ),
         (
             SwitchScope.AGENT,

@@ -100,7 +100,7 @@ def switch_target_validate(scope: str, target: str) -> str:
     """``switch_target_normalize``, and the target must exist now (a tool in the registry, a
     known intent, an agent): what engaging a switch, and previewing one, accept."""
     from agents.planner import INTENTS
-    from agents.tools import REGISTRY
+    from agents.tools.registry import known_tool_names
 
     target = switch_target_normalize(scope, target)
     if scope == SwitchScope.GLOBAL:
@@ -111,9 +111,11 @@ def switch_target_validate(scope: str, target: str) -> str:
                 f"Memory freeze targets '*' (all memory) or an agent slug; no agent {target!r}."
             )
         return target
-    if scope == SwitchScope.TOOL and target not in REGISTRY:
-        raise InvalidInput(f"Unknown tool {target!r}; known tools: {', '.join(sorted(REGISTRY))}.")
-    if scope == SwitchScope.APPROVAL and target not in REGISTRY and target not in Tier.values:
+    # tools in code and tools registered as data (integrations), of any tenant
+    tools = known_tool_names() if scope in (SwitchScope.TOOL, SwitchScope.APPROVAL) else set()
+    if scope == SwitchScope.TOOL and target not in tools:
+        raise InvalidInput(f"Unknown tool {target!r}; known tools: {', '.join(sorted(tools))}.")
+    if scope == SwitchScope.APPROVAL and target not in tools and target not in Tier.values:
         raise InvalidInput(f"Force approval targets a tool name or a tier ({', '.join(Tier.values)}).")
     if scope == SwitchScope.INTENT:
         known = set(INTENTS) | {i for a in Agent.objects.values_list("intents", flat=True) for i in (a or [])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 
@@ -80,6 +80,11 @@ class Tool:
     review: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = field(
         default=None, compare=False, repr=False
     )
+    # Why every call of this tool needs a person's approval whatever the policy says ("" =
+    # the policy decides): a tool imported from an MCP server until an admin reviews it.
+    # The runtime adds it to the policy's forced approvals (it turns an allow into
+    # require_approval, never a deny into anything else).
+    forced_approval: str = ""
 
     def spec(self) -> ToolSpec:
         return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
@@ -139,5 +144,44 @@ def register(
     return wrap
 
 
-def get_tool(name: str) -> Tool | None:
-    return REGISTRY.get(name)
+class ToolSource(Protocol):
+    """Tools defined somewhere other than in code (the ``integrations`` app: HTTP and MCP
+    tools that admins register as data). Registered by the app when it loads, as toolkits
+    register their tools; the runtime never imports it."""
+
+    def get(self, name: str, tenant_id: Any) -> Tool | None:
+        """The tool called ``name`` that tenant ``tenant_id`` may use (its own or a global
+        one; ``tenant_id`` None: global ones only), or None."""
+
+    def names(self) -> set[str]:
+        """Every tool name it defines, for any tenant (what a kill switch may target)."""
+
+
+SOURCES: list[ToolSource] = []
+
+
+def register_source(source: ToolSource) -> None:
+    """Add ``source`` to the places ``get_tool`` looks (once, however often called)."""
+    if source not in SOURCES:
+        SOURCES.append(source)
+
+
+def get_tool(name: str, tenant_id: Any = None) -> Tool | None:
+    """The tool ``name`` for a run of tenant ``tenant_id``: a tool registered in code (one
+    dict lookup, as before: in-process tools never wait for a source), else the first
+    source that has one for that tenant."""
+    tool = REGISTRY.get(name)
+    if tool is None:
+        for source in SOURCES:
+            tool = source.get(name, tenant_id)
+            if tool is not None:
+                break
+    return tool
+
+
+def known_tool_names() -> set[str]:
+    """Every tool name, in code or in a source, of any tenant."""
+    names = set(REGISTRY)
+    for source in SOURCES:
+        names |= source.names()
+    return names
