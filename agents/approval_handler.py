@@ -44,11 +44,11 @@ class RunApprovals(SubjectHandler):
         )
 
     def validate(self, request: ApprovalRequest, arguments: dict[str, Any]) -> list[str]:
-        tool = get_tool(request.tool)
+        tool = get_tool(request.tool, request.tenant_id)  # data tools are per tenant
         return tool.validate(arguments) if tool else [f"unknown tool {request.tool}"]
 
     def check_edit(self, request: ApprovalRequest, arguments: dict[str, Any]) -> EditCheck:
-        tool = get_tool(request.tool)
+        tool = get_tool(request.tool, request.tenant_id)  # data tools are per tenant
         refusals = tool.precheck(request.tenant_id, arguments) if tool and tool.precheck else []
         if refusals:
             return EditCheck(refused=refusals[0][1])
@@ -72,7 +72,7 @@ class RunApprovals(SubjectHandler):
     def review(self, request: ApprovalRequest) -> dict[str, Any] | None:
         """The tool's review hook (``Tool.review``) on the arguments under review (the edited
         ones once an edit was approved), read now; None for a tool without one."""
-        tool = get_tool(request.tool)
+        tool = get_tool(request.tool, request.tenant_id)  # data tools are per tenant
         if tool is None or tool.review is None:
             return None
         return tool.review(request.tenant_id, request.approved_arguments or request.arguments)

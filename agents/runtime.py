@@ -1087,6 +1087,12 @@ def _repair(
     return None
 
 
+def _version_of(tool) -> dict[str, Any]:
+    """The stored version of a data tool (integrations) that this step resolved, for its
+    trace and its audit events; nothing for a tool in code."""
+    return {} if tool.version is None else {"tool_version": tool.version}
+
+
 def _policy_step(
     pending, tool, decision, *, ok: bool, output: dict[str, Any], invocation=None, failure_class: str = ""
 ) -> dict[str, Any]:
@@ -1095,7 +1101,7 @@ def _policy_step(
         name=tool.name,
         ok=ok,
         failure_class=failure_class,
-        input={"arguments": pending["arguments"], "tier": tool.tier},
+        input={"arguments": pending["arguments"], "tier": tool.tier, **_version_of(tool)},
         output=output,
         policy_decision=decision.effect,
         policy_version=decision.policy_version,
@@ -1406,6 +1412,7 @@ def _execute(
     )
     span = {
         "tool": tool.name,
+        **_version_of(tool),
         "arguments": pending["arguments"],
         "ok": outcome.ok,
         "attempts": outcome.attempts,

@@ -76,6 +76,7 @@ def tool_from_version(version: ToolVersion) -> Tool:
         max_result_chars=version.max_result_chars,
         validator=jsonschema.Draft202012Validator(version.parameters),
         forced_approval=needs_review_reason(version) if version.needs_review else "",
+        version=version.version,
     )
 
 

@@ -85,6 +85,9 @@ class Tool:
     # The runtime adds it to the policy's forced approvals (it turns an allow into
     # require_approval, never a deny into anything else).
     forced_approval: str = ""
+    # The stored version of a tool defined as data (integrations), recorded with each step
+    # and audit event of a call; None for a tool in code.
+    version: int | None = None
 
     def spec(self) -> ToolSpec:
         return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)

@@ -78,13 +78,15 @@ def test_an_allowed_mcp_read_runs_and_its_result_is_recorded(
     assert run.status == RunStatus.SUCCEEDED, run.terminal_reason
     recorded = _tool_step(run, "get_invoice")
     assert recorded.ok and recorded.policy_decision == "allow"
+    assert recorded.input["tool_version"] == 2  # imported as v1, reviewed into v2
     assert recorded.output["result"]["amount_cents"] == 4000
     invocation = ToolInvocation.objects.get(run=run, tool="get_invoice")
     assert invocation.state == InvocationState.SUCCEEDED
     (seen,) = billing_mcp.calls("get_invoice")
     assert seen["authorized"] and seen["arguments"] == {"invoice_id": "in_1"}
     assert (seen["idempotency_key"], seen["trace_id"]) == (invocation.idempotency_key, run.trace_id)
-    assert AuditEvent.objects.filter(action="tool.executed", trace_id=run.trace_id).exists()
+    executed = AuditEvent.objects.get(action="tool.executed", trace_id=run.trace_id)
+    assert executed.payload["tool_version"] == 2
 
 
 def test_a_write_parks_for_approval_then_runs_exactly_once_with_its_key(
@@ -290,3 +292,23 @@ def test_an_mcp_server_refusing_the_credential_is_a_logic_failure(billing_api):
     with pytest.raises(ToolError) as raised:
         mcp_client.call_tool(server, "t", {}, injection=None, idempotency_key="k", trace_id="t", timeout=3)
     assert (raised.value.failure_class, raised.value.code) == ("logic", "credential_refused")
+
+
+def test_a_reviewer_may_edit_an_mcp_call_and_the_edited_call_runs(
+    billing_tools, billing_mcp, fake_model, start_run, step, pending_request, admin
+):
+    fake_model(billing_tools.tenant, ["refund_charge"], [("refund_charge", REFUND)])
+    run = step(start_run("Refund the duplicate charge ch_1b"))
+    request = pending_request(run)
+    approval_decide(
+        actor=admin,
+        request=request,
+        decision="approve",
+        reason="half of it",
+        arguments={**REFUND, "amount_cents": 2000},
+    )
+    run = step(run)
+    assert run.status == RunStatus.SUCCEEDED, run.terminal_reason
+    (call,) = billing_mcp.calls("refund_charge")
+    assert call["executed"] and call["arguments"]["amount_cents"] == 2000
+    assert call["idempotency_key"] == ToolInvocation.objects.get(run=run).idempotency_key
