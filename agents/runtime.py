@@ -769,8 +769,6 @@ def _finish_closing(run, lease, closing, *, began, note: str = "", **kwargs) -> 
                    **kwargs)
 
 
-
-
 # On a pending action: no invocation row exists for its step yet. Set when the model's
 # action is planned; ``_park`` drops it when it records the step's invocation (other paths
 # that record one end the step). A pure read with it skips the durable ``started`` row: its
