@@ -19,7 +19,7 @@ customer's row lock) right before it writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -208,7 +208,3 @@ def credit_evidence(*, tenant_id, arguments: dict[str, Any], history: bool = Fal
             )
         )
     return evidence
-
-
-def charge_date(value: Any) -> date:
-    return date.fromisoformat(str(value)[:10])
